@@ -1,0 +1,1 @@
+"""The engine: the event log, the projections folded from it and the registry commands."""

@@ -1,0 +1,124 @@
+"""Avro payload codec: encode with the current schema, decode with whichever schema wrote.
+
+Every schema is known by its 8-byte Rabin fingerprint (the Avro spec's CRC-64-AVRO of
+the parsing canonical form). An event records the fingerprint of its writer schema; on
+decode the codec finds that schema and, only when it differs from the current one,
+resolves it into the current reader schema (resolution halves the decode rate, so the
+common case skips it).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any, cast
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from modeltrail import schemas
+from modeltrail.core.events.envelope import Event
+from modeltrail.errors import IntegrityError, InvalidInput, UnknownSchema
+
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+"""The largest payload one event may carry; larger data belongs in the blob store."""
+
+
+def schema_fingerprint(parsed: Any) -> bytes:
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+
+
+class Codec:
+    """Encodes and decodes event payloads for a fixed set of schemas."""
+
+    def __init__(
+        self,
+        current: Mapping[str, Mapping[str, Any]],
+        released: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    ) -> None:
+        self._writers: dict[str, tuple[bytes, Any]] = {}
+        self._by_fingerprint: dict[bytes, tuple[str, Any]] = {}
+        for type_, raw in current.items():
+            parsed = parse_schema(dict(raw), _write_hint=False)
+            fp = schema_fingerprint(parsed)
+            self._writers[type_] = (fp, parsed)
+            self._by_fingerprint[fp] = (type_, parsed)
+        for type_, raw in released:
+            parsed = parse_schema(dict(raw), _write_hint=False)
+            self._by_fingerprint.setdefault(schema_fingerprint(parsed), (type_, parsed))
+
+    @property
+    def types(self) -> frozenset[str]:
+        return frozenset(self._writers)
+
+    def fingerprint_of(self, type_: str) -> bytes:
+        return self._writer(type_)[0]
+
+    def knows(self, fingerprint_: bytes) -> bool:
+        return fingerprint_ in self._by_fingerprint
+
+    def encode(self, type_: str, data: Mapping[str, Any]) -> tuple[bytes, bytes]:
+        """Returns (writer fingerprint, payload bytes)."""
+        fp, parsed = self._writer(type_)
+        buffer = io.BytesIO()
+        try:
+            schemaless_writer(buffer, parsed, data, strict_allow_default=True)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise InvalidInput(
+                f"{type_} payload {dict(data)!r} does not fit its schema: {exc}"
+            ) from exc
+        payload = buffer.getvalue()
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise InvalidInput(
+                f"{type_} payload of {len(payload):,} bytes is over the limit of "
+                f"{MAX_PAYLOAD_BYTES:,} bytes per event; store large data as version files"
+            )
+        return fp, payload
+
+    def decode(self, event: Event) -> dict[str, Any]:
+        return self.decode_payload(event.type, event.schema, event.payload)
+
+    def decode_payload(self, type_: str, fingerprint_: bytes, payload: bytes) -> dict[str, Any]:
+        found = self._by_fingerprint.get(fingerprint_)
+        if found is None:
+            raise UnknownSchema(
+                f"{type_} event has schema fingerprint {fingerprint_.hex()!r}, which no known "
+                "schema has: it was written by a newer modeltrail, or the bytes are corrupt"
+            )
+        written_type, writer = found
+        if written_type != type_:
+            raise IntegrityError(
+                f"event of type {type_!r} carries the schema fingerprint of {written_type!r}"
+            )
+        current_fp, reader = self._writers[type_]
+        buffer = io.BytesIO(payload)
+        try:
+            data: Any = schemaless_reader(
+                buffer, writer, None if fingerprint_ == current_fp else reader
+            )
+        except Exception as exc:  # fastavro raises many types on truncated or corrupt bytes
+            raise IntegrityError(
+                f"{type_} payload of {len(payload)} bytes does not decode with schema "
+                f"{fingerprint_.hex()}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if buffer.tell() != len(payload):
+            raise IntegrityError(
+                f"{type_} payload has {len(payload) - buffer.tell()} bytes after its last field: "
+                "the bytes are corrupt"
+            )
+        return cast(dict[str, Any], data)
+
+    def _writer(self, type_: str) -> tuple[bytes, Any]:
+        try:
+            return self._writers[type_]
+        except KeyError:
+            raise InvalidInput(
+                f"unknown event type {type_!r}: known types are {', '.join(sorted(self._writers))}"
+            ) from None
+
+
+@cache
+def default_codec() -> Codec:
+    """The codec for the schemas shipped in ``modeltrail/schemas``."""
+    return Codec(schemas.current(), schemas.released())

@@ -1,0 +1,243 @@
+"""The event log in one SQL table (SQLite embedded, PostgreSQL for teams).
+
+Positions are assigned by the writer holding the table's write lock (SQLite's database
+lock from BEGIN IMMEDIATE; on PostgreSQL an EXCLUSIVE table lock), so positions are
+contiguous and commit order equals position order: a reader tailing the log never
+skips a gap that a slower transaction fills in later. The price is one writer at a
+time, which a batch-oriented log pays once per batch.
+
+The unique constraints on ``event_id`` and ``(stream, stream_version)`` are the last
+line of defence; the checks in ``append_in`` find conflicts first so they can be
+reported with the stream and versions involved.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from modeltrail.core.db import Database, Query, Row, Tx
+from modeltrail.core.events.envelope import EMPTY_STREAM, Clock, Event, StreamHead, system_clock
+from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter
+from modeltrail.errors import ConcurrencyConflict, IntegrityError
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+COLUMNS = (
+    "position, event_id, type, stream, stream_version, namespace, recorded_at, "
+    "appended_at, actor, prev_hash, hash, schema, payload"
+)
+INSERT = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+STREAM_HEAD = (
+    "SELECT stream_version, hash FROM events WHERE stream = ? ORDER BY stream_version DESC LIMIT 1"
+)
+READ_PAGE = 2000
+
+
+def define_log_table(metadata: sa.MetaData) -> sa.Table:
+    import sqlalchemy as sa
+
+    big = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # INTEGER PRIMARY KEY = rowid
+    return sa.Table(
+        "events",
+        metadata,
+        sa.Column("position", big, primary_key=True, autoincrement=False),
+        sa.Column("event_id", sa.LargeBinary(16), nullable=False, unique=True),
+        sa.Column("type", sa.String(128), nullable=False),
+        sa.Column("stream", sa.String(512), nullable=False),
+        sa.Column("stream_version", sa.BigInteger, nullable=False),
+        sa.Column("namespace", sa.String(128), nullable=False),
+        sa.Column("recorded_at", sa.BigInteger, nullable=False),
+        sa.Column("appended_at", sa.BigInteger, nullable=False),
+        sa.Column("actor", sa.String(256), nullable=False),
+        sa.Column("prev_hash", sa.LargeBinary, nullable=False),
+        sa.Column("hash", sa.LargeBinary, nullable=False),
+        sa.Column("schema", sa.LargeBinary, nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False),
+        sa.UniqueConstraint("stream", "stream_version", name="events_stream_version"),
+    )
+
+
+def event_from_row(row: Row) -> Event:
+    return Event(
+        uuid.UUID(bytes=bytes(row[1])),
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[8],
+        bytes(row[9]),
+        bytes(row[10]),
+        bytes(row[11]),
+        bytes(row[12]),
+        row[0],
+        "",
+        row[7],
+    )
+
+
+def _filter_sql(where: LogFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, values in (("type", where.types), ("stream", where.streams)):
+        if values is not None:
+            clauses.append(f"{column} IN ({', '.join('?' * len(values))})" if values else "0 = 1")
+            params.extend(sorted(values))
+    for column, op, value in (
+        ("namespace", "=", where.namespace),
+        ("actor", "=", where.actor),
+        ("recorded_at", ">=", where.recorded_since),
+        ("recorded_at", "<=", where.recorded_until),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {op} ?")
+            params.append(value)
+    return "".join(f" AND {c}" for c in clauses), params
+
+
+class SqlLog(EventLog):
+    """The log as the ``events`` table of a SQL database."""
+
+    def __init__(self, database: Database, *, clock: Clock = system_clock) -> None:
+        self.database = database
+        self._clock = clock
+
+    def append(self, events: Sequence[Event]) -> list[Event]:
+        with self.database.transaction() as tx:
+            return self.append_in(tx, events)
+
+    def append_in(self, tx: Tx, events: Sequence[Event]) -> list[Event]:
+        """Appends inside a caller's transaction (so projections can share it)."""
+        if not events:
+            return []
+        if tx.one("SELECT position FROM events WHERE event_id = ?", (events[0].event_id.bytes,)):
+            return self._already_appended(tx, events)
+        if tx.dialect == "postgresql":
+            tx.run("LOCK TABLE events IN EXCLUSIVE MODE")
+        last = tx.one("SELECT position, appended_at FROM events ORDER BY position DESC LIMIT 1")
+        position, appended_at = last if last is not None else (0, 0)
+        appended_at = max(self._clock(), appended_at)
+        self._check_claims(tx, events)
+        placed = [e.at(position + i, appended_at) for i, e in enumerate(events, start=1)]
+        tx.run_many(INSERT, [_row(e) for e in placed])
+        return placed
+
+    def read(
+        self,
+        *,
+        after: int | None = None,
+        until: int | None = None,
+        where: LogFilter = NO_FILTER,
+        query: Query | None = None,
+    ) -> Iterator[Event]:
+        filter_sql, filter_params = _filter_sql(where)
+        bound = "" if until is None else " AND position <= ?"
+        sql = (
+            f"SELECT {COLUMNS} FROM events WHERE position > ?{bound}{filter_sql} "
+            f"ORDER BY position LIMIT {READ_PAGE}"
+        )
+        position = after or 0
+        reader = query or self.database.reader()
+        while True:
+            params = [position, *([] if until is None else [until]), *filter_params]
+            rows = reader.rows(sql, params)
+            yield from map(event_from_row, rows)
+            if len(rows) < READ_PAGE:
+                return
+            position = rows[-1][0]
+
+    def tail(
+        self,
+        *,
+        after: int | None = None,
+        where: LogFilter = NO_FILTER,
+        idle_s: float | None = None,
+        poll_s: float = 0.005,
+    ) -> Iterator[Event]:
+        position = self.head() if after is None else after
+        idle_since = time.monotonic()
+        while True:
+            head = self.head()
+            if head > position:
+                yield from self.read(after=position, until=head, where=where)
+                position = head
+                idle_since = time.monotonic()
+            elif idle_s is not None and time.monotonic() - idle_since >= idle_s:
+                return
+            else:
+                time.sleep(poll_s)
+
+    def head(self, query: Query | None = None) -> int:
+        row = (query or self.database.reader()).one("SELECT MAX(position) FROM events")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def stream_head(self, stream: str, query: Query | None = None) -> StreamHead:
+        row = (query or self.database.reader()).one(STREAM_HEAD, (stream,))
+        return StreamHead(row[0], bytes(row[1])) if row else EMPTY_STREAM
+
+    def position_at(self, appended_at: int) -> int:
+        """The last position appended at or before a time (appended_at never decreases)."""
+        row = self.database.reader().one(
+            "SELECT MAX(position) FROM events WHERE appended_at <= ?", (appended_at,)
+        )
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def close(self) -> None:
+        self.database.dispose()
+
+    def _check_claims(self, tx: Tx, events: Sequence[Event]) -> None:
+        heads: dict[str, StreamHead] = {}
+        for event in events:
+            head = heads.get(event.stream)
+            if head is None:
+                head = self.stream_head(event.stream, tx)
+            if event.stream_version != head.version + 1:
+                raise ConcurrencyConflict(
+                    f"{event.type} claims version {event.stream_version} of stream "
+                    f"{event.stream!r}, whose last version is {head.version}: another writer "
+                    "appended first; re-read and retry"
+                )
+            if event.prev_hash != head.hash:
+                raise IntegrityError(
+                    f"{event.type} for {event.stream!r} v{event.stream_version} does not chain "
+                    "to the stream's previous event (prev_hash differs)"
+                )
+            heads[event.stream] = StreamHead(event.stream_version, event.hash)
+
+    @staticmethod
+    def _already_appended(tx: Tx, events: Sequence[Event]) -> list[Event]:
+        ids = [e.event_id.bytes for e in events]
+        found: dict[bytes, Row] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            sql = f"SELECT {COLUMNS} FROM events WHERE event_id IN ({', '.join('?' * len(chunk))})"
+            found.update((bytes(r[1]), r) for r in tx.rows(sql, chunk))
+        stored = [found.get(i) for i in ids]
+        if any(r is None or bytes(r[10]) != e.hash for r, e in zip(stored, events, strict=True)):
+            raise IntegrityError(
+                "a batch was retried with event ids of which only some, or different events, "
+                "are stored: a retry must resend exactly the batch that was first sent"
+            )
+        return [event_from_row(r) for r in stored if r is not None]
+
+
+def _row(e: Event) -> tuple[Any, ...]:
+    return (
+        e.position,
+        e.event_id.bytes,
+        e.type,
+        e.stream,
+        e.stream_version,
+        e.namespace,
+        e.recorded_at,
+        e.appended_at,
+        e.actor,
+        e.prev_hash,
+        e.hash,
+        e.schema,
+        e.payload,
+    )
