@@ -1,0 +1,122 @@
+"""The embedded engine: the SQL log and its projections in one database.
+
+A command runs in one write transaction: read the state, emit events onto a scratch
+overlay (which runs every fold rule), append the batch to the log, fold the placed
+events into the projection tables, move the checkpoint, commit. Readers therefore see
+their own writes at once, and a crash anywhere leaves log and projections consistent,
+because they commit together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from modeltrail.core.batch import Batch
+from modeltrail.core.db import Database, Tx
+from modeltrail.core.events.codec import Codec, default_codec
+from modeltrail.core.events.envelope import Clock, Event, system_clock
+from modeltrail.core.events.seal import Sealer
+from modeltrail.core.events.sql_log import SqlLog, define_log_table
+from modeltrail.core.projections.catalog import default_projections
+from modeltrail.core.projections.ddl import define_tables, schema_fingerprint
+from modeltrail.core.projections.fold import Folder, Projection
+from modeltrail.core.projections.runner import Progress, Runner
+from modeltrail.core.projections.state import SqlState
+
+T = TypeVar("T")
+META_TABLE = "modeltrail_meta"
+
+
+class Engine:
+    """Writes commands through the SQL log and keeps the projections beside it."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        clock: Clock = system_clock,
+        projections: Sequence[Projection] | None = None,
+        codec: Codec | None = None,
+    ) -> None:
+        self.database = database
+        self.clock = clock
+        self.codec = codec or default_codec()
+        self.log = SqlLog(database, clock=clock)
+        self.folder = Folder(projections or default_projections(), self.codec)
+        self.runner = Runner(self.folder)
+        self.sealer = Sealer(self.codec)
+        self.fingerprint = schema_fingerprint(self.runner.specs)
+
+    def prepare(self) -> None:
+        """Creates missing tables; rebuilds the projections when their shape changed."""
+        if self._stored_fingerprint() == self.fingerprint:
+            return
+        with self.database.transaction() as tx:
+            self._create_schema(tx)
+
+    def write(self, decide: Callable[[Batch], T], *, actor: str) -> tuple[T, list[Event]]:
+        """Runs a command in one transaction; returns its result and the placed events."""
+        with self.database.transaction() as tx:
+            state = SqlState(tx)
+            self.runner.catch_up(state, self.log, self.log.head(tx))
+            batch = Batch(
+                state, self.folder, self.sealer, actor=actor, recorded_at=self.clock(), query=tx
+            )
+            result = decide(batch)
+            placed = self.log.append_in(tx, batch.events)
+            self.runner.apply(state, placed)
+            state.flush()
+            return result, placed
+
+    def rebuild(self, progress: Progress | None = None) -> int:
+        """Folds the whole log again into fresh projection tables."""
+        with self.database.transaction() as tx:
+            return self.runner.rebuild(tx, self.log, progress)
+
+    def catch_up(self) -> int:
+        with self.database.transaction() as tx:
+            state = SqlState(tx)
+            position = self.runner.catch_up(state, self.log, self.log.head(tx))
+            state.flush()
+            return position
+
+    def _stored_fingerprint(self) -> str | None:
+        if not self.database.exists():
+            return None
+        try:
+            row = self.database.reader().one(
+                f"SELECT value FROM {META_TABLE} WHERE key = 'projections'"
+            )
+        except Exception:  # no meta table yet: a new database
+            return None
+        return None if row is None else str(row[0])
+
+    def _create_schema(self, tx: Tx) -> None:
+        import sqlalchemy as sa
+
+        if tx.dialect == "postgresql":
+            tx.run("SELECT pg_advisory_xact_lock(7400192)")  # one schema creator at a time
+        metadata = sa.MetaData()
+        define_log_table(metadata)
+        sa.Table(
+            META_TABLE,
+            metadata,
+            sa.Column("key", sa.String(64), primary_key=True),
+            sa.Column("value", sa.Text, nullable=False),
+        )
+        projection_tables = define_tables(metadata, self.runner.specs)
+        metadata.create_all(tx.connection)
+        stored = tx.one(f"SELECT value FROM {META_TABLE} WHERE key = 'projections'")
+        if stored is not None and stored[0] == self.fingerprint:
+            return  # another process got here first
+        if stored is not None:
+            for table in reversed(projection_tables):
+                table.drop(tx.connection, checkfirst=True)
+            metadata.create_all(tx.connection, tables=projection_tables)
+        tx.run(f"DELETE FROM {META_TABLE} WHERE key = 'projections'")
+        tx.run(
+            f"INSERT INTO {META_TABLE} (key, value) VALUES ('projections', ?)", (self.fingerprint,)
+        )
+        if stored is not None or self.log.head(tx) > 0:
+            self.runner.rebuild(tx, self.log)

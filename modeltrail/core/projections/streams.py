@@ -1,0 +1,53 @@
+"""The first fold every event passes: its stream claim and its namespace's write rule.
+
+Over the SQL log these checks always pass (the log refuses a bad claim at write time);
+over Kafka the log accepts whatever producers send, and this fold is where the first
+writer in log order wins and later claims on the same version are rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modeltrail.core.events.envelope import Event
+from modeltrail.core.projections.fold import ANY_TYPE, Projection
+from modeltrail.core.projections.state import State
+from modeltrail.core.projections.tables import NAMESPACES, STREAM_HEADS, StreamHeadRow
+from modeltrail.errors import ConcurrencyConflict, IntegrityError, NotFound, PermissionDenied
+
+READ_ONLY_TYPES = frozenset({"VersionDownloaded"})
+"""Events that record a read: anyone may record them in any namespace."""
+
+
+def check_claim(state: State, event: Event, _data: dict[str, Any]) -> None:
+    head = state.get(STREAM_HEADS, (event.stream,))
+    version, prev_hash = (head.version, head.hash) if head else (-1, b"")
+    if event.stream_version != version + 1:
+        raise ConcurrencyConflict(
+            f"{event.type} claims version {event.stream_version} of {event.stream!r} whose "
+            f"last version is {version}: another writer got there first"
+        )
+    if event.prev_hash != prev_hash:
+        raise IntegrityError(
+            f"{event.type} for {event.stream!r} v{event.stream_version} does not chain to "
+            "the stream's previous event"
+        )
+    if event.type != "NamespaceCreated":
+        namespace = state.get(NAMESPACES, (event.namespace,))
+        if namespace is None:
+            raise NotFound(
+                f"{event.type} names namespace {event.namespace!r}, which does not exist"
+            )
+        if (
+            namespace.personal
+            and event.actor != namespace.owner
+            and event.type not in READ_ONLY_TYPES
+        ):
+            raise PermissionDenied(
+                f"actor {event.actor!r} may not write to {event.namespace!r}: a personal "
+                f"namespace is written only by its owner {namespace.owner!r}"
+            )
+    state.put(STREAM_HEADS, StreamHeadRow(event.stream, event.stream_version, event.hash))
+
+
+STREAMS = Projection("streams", (STREAM_HEADS,), {ANY_TYPE: check_claim})
