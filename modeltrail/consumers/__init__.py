@@ -1,0 +1,1 @@
+"""What acts on events: subscriptions, webhooks, audit export, scheduled jobs."""

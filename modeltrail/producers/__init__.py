@@ -1,0 +1,1 @@
+"""What emits events: runs for trainers, the torch integration, the offline spool."""
