@@ -1,0 +1,4 @@
+from tests.golden import write_missing
+
+for path in write_missing():
+    print(f"wrote {path}")
