@@ -18,6 +18,13 @@ from modeltrail.errors import ConcurrencyConflict, IntegrityError, NotFound, Per
 READ_ONLY_TYPES = frozenset({"VersionDownloaded"})
 """Events that record a read: anyone may record them in any namespace."""
 
+INDEPENDENT_TYPES = frozenset({"InferenceBatchRecorded"})
+"""High-volume events that may be stored apart from their namespace's other events (the
+Kafka log keeps them in their own topic). Over such a log no order between them and the
+namespace's events is guaranteed, so a rule that reads namespace state would make
+replays disagree; only their own stream's claim is checked here. Their commands still
+check the namespace before emitting."""
+
 
 def check_claim(state: State, event: Event, _data: dict[str, Any]) -> None:
     head = state.get(STREAM_HEADS, (event.stream,))
@@ -32,7 +39,7 @@ def check_claim(state: State, event: Event, _data: dict[str, Any]) -> None:
             f"{event.type} for {event.stream!r} v{event.stream_version} does not chain to "
             "the stream's previous event"
         )
-    if event.type != "NamespaceCreated":
+    if event.type != "NamespaceCreated" and event.type not in INDEPENDENT_TYPES:
         namespace = state.get(NAMESPACES, (event.namespace,))
         if namespace is None:
             raise NotFound(

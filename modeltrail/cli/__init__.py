@@ -618,5 +618,9 @@ def demo(ctx: click.Context, fresh: bool) -> None:
     run_demo(ctx.obj, fresh=fresh)
 
 
+# Commands of other parts register here, each from its own module in this package
+# (one import line each, keeping this module the only place that knows them all).
+
+
 if __name__ == "__main__":
     main()
