@@ -1,0 +1,5 @@
+"""`python -m modeltrail.cli` runs the modeltrail command."""
+
+from modeltrail.cli import main
+
+main()

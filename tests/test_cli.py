@@ -1,0 +1,170 @@
+"""The modeltrail command, run as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def cli(
+    home: Path, *args: str, actor: str = "alice", check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "MODELTRAIL_HOME": str(home),
+        "MODELTRAIL_ACTOR": actor,
+        "MODELTRAIL_NAMESPACE": "team",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "modeltrail.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"exit {done.returncode}: {done.stderr}")
+    return done
+
+
+@pytest.fixture
+def populated(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.bin").write_bytes(b"weights-1")
+    cli(home, "log", "resnet", str(ckpt), "--alias", "candidate", "--metadata", '{"acc": 0.5}')
+    (ckpt / "model.bin").write_bytes(b"weights-2")
+    cli(home, "log", "resnet", str(ckpt), "--metadata", '{"acc": 0.7}')
+    return home
+
+
+def test_log_show_and_versions(populated: Path) -> None:
+    shown = cli(populated, "show", "resnet:candidate").stdout
+    assert "team/resnet:v0" in shown and "model.bin" in shown
+    versions = json.loads(cli(populated, "versions", "resnet", "--json").stdout)
+    assert [v["index"] for v in versions] == [0, 1]
+    assert versions[1]["aliases"] == ["latest"]
+    models = json.loads(cli(populated, "models", "--json").stdout)
+    assert models[0]["aliases"] == {"candidate": "v0", "latest": "v1"}
+
+
+def test_alias_moves_and_history(populated: Path) -> None:
+    cli(populated, "alias", "set", "resnet:v0", "production")
+    cli(populated, "alias", "set", "resnet:v1", "production", "--expected", "v0", actor="ci-bot")
+    stale = cli(
+        populated, "alias", "set", "resnet:v0", "production", "--expected", "v0", check=False
+    )
+    assert stale.returncode == 2
+    assert stale.stderr.startswith("modeltrail: ConcurrencyConflict:")
+    assert stale.stderr.count("\n") == 1
+    history = json.loads(
+        cli(populated, "alias", "history", "resnet", "production", "--json").stdout
+    )
+    assert [(h["from_label"], h["to_label"], h["actor"]) for h in history] == [
+        (None, "v0", "alice"),
+        ("v0", "v1", "ci-bot"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("show", "nothing:v0"), "NotFound"),
+        (("show", "bad name"), "InvalidName"),
+        (("alias", "set", "resnet:v0", "latest"), "InvalidName"),
+        (("alias", "rm", "resnet", "ghost"), "NotFound"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(
+    populated: Path, args: tuple[str, ...], error: str
+) -> None:
+    done = cli(populated, *args, check=False)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"modeltrail: {error}:")
+    assert done.stderr.count("\n") == 1
+
+
+def test_download_verifies_files(populated: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cli(populated, "download", "resnet:v1", str(out))
+    assert (out / "model.bin").read_bytes() == b"weights-2"
+
+
+def test_link_registered_and_lineage(populated: Path) -> None:
+    cli(populated, "link", "resnet:v1", "classifier", "--alias", "staging")
+    listed = json.loads(cli(populated, "registered", "classifier", "--json").stdout)
+    assert listed["registered"]["aliases"] == {"staging": "team/resnet:v1"}
+    lineage = json.loads(cli(populated, "lineage", "resnet:v1", "--json").stdout)
+    assert lineage["registered"] == ["team/classifier"]
+
+
+def test_diff(populated: Path) -> None:
+    diff = json.loads(cli(populated, "diff", "resnet:v0", "resnet:v1", "--json").stdout)
+    assert diff["changed"] == ["model.bin"]
+    assert diff["metadata"] == {"acc": [0.5, 0.7]}
+
+
+def test_events_audit_and_replay(populated: Path) -> None:
+    cli(populated, "alias", "set", "resnet:v1", "production", actor="ci-bot")
+    lines = cli(populated, "events", "--json").stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["position"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["data"]["alias"] == "production"
+    audit = cli(populated, "audit", "--actor", "ci-bot", "--format", "csv").stdout.splitlines()
+    assert audit[0].startswith("position,recorded,actor,type,stream")
+    assert len(audit) == 2 and "AliasMoved" in audit[1]
+    replay = json.loads(cli(populated, "replay", "--as-of", str(len(events) - 1), "--json").stdout)
+    assert replay["models"][0]["aliases"] == {"candidate": "v0", "latest": "v1"}
+
+
+def test_verify_exits_1_on_tampering(populated: Path) -> None:
+    assert "ok" in cli(populated, "verify").stdout
+    with sqlite3.connect(populated / "trail.db") as raw:
+        raw.execute("UPDATE events SET payload = CAST(payload || x'00' AS BLOB) WHERE position = 3")
+    done = cli(populated, "verify", check=False)
+    assert done.returncode == 1
+    assert "position 3" in done.stdout
+
+
+def test_project_rebuild_and_export(populated: Path, tmp_path: Path) -> None:
+    cli(populated, "project", "--export", str(tmp_path / "a.jsonl"))
+    cli(populated, "project", "--rebuild", "--export", str(tmp_path / "b.jsonl"))
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+def test_help_lists_the_commands() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "modeltrail.cli", "--help"], capture_output=True, text=True
+    )
+    for command in (
+        "models",
+        "versions",
+        "show",
+        "alias",
+        "link",
+        "download",
+        "diff",
+        "lineage",
+        "events",
+        "audit",
+        "replay",
+        "verify",
+        "project",
+        "demo",
+    ):
+        assert command in done.stdout
+
+
+def test_verify_reports_a_log_row_it_cannot_read(populated: Path) -> None:
+    with sqlite3.connect(populated / "trail.db") as raw:
+        raw.execute("UPDATE events SET payload = payload || x'00' WHERE position = 3")  # now TEXT
+    done = cli(populated, "verify", check=False)
+    assert done.returncode == 1
+    assert "cannot be read" in done.stdout
