@@ -24,6 +24,7 @@ def cli(
     done = subprocess.run(
         [sys.executable, "-m", "modeltrail.cli", *args],
         env=env,
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
@@ -141,7 +142,10 @@ def test_project_rebuild_and_export(populated: Path, tmp_path: Path) -> None:
 
 def test_help_lists_the_commands() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "modeltrail.cli", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "modeltrail.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     for command in (
         "models",

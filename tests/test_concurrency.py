@@ -7,6 +7,7 @@ duplicated, versions stay contiguous, and the projections equal a rebuild.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import sys
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_concurrent_processes_lose_nothing(tmp_path: Path) -> None:
     assert len({e.event_id for e in events}) == len(events)
     staging_moves = reg.alias_history("m", "staging")
     assert len(staging_moves) <= wins  # a win may find the alias already there
-    for earlier, later in zip(staging_moves, staging_moves[1:], strict=False):
+    for earlier, later in itertools.pairwise(staging_moves):
         assert later.from_label == earlier.to_label  # every move starts where the last ended
     report = reg.verify()
     assert report.ok, report.problems

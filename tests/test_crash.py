@@ -12,8 +12,7 @@ import modeltrail as mt
 
 BATCH = 2000
 
-WORKER = (
-    """
+WORKER = """
 import sys
 import modeltrail as mt
 from modeltrail.core import commands as cmd
@@ -25,10 +24,8 @@ n = 0
 while True:
     n += 1
     reg._write(lambda b: [cmd.set_tags(b, "model", "team", "m", None, {"k": f"{n}-{i}"})
-                          for i in range(%d)])
-"""
-    % BATCH
-)
+                          for i in range(BATCH)])
+""".replace("BATCH", str(BATCH))
 
 
 def test_sigkill_mid_batch_leaves_log_and_projections_consistent(tmp_path: Path) -> None:
@@ -44,7 +41,7 @@ def test_sigkill_mid_batch_leaves_log_and_projections_consistent(tmp_path: Path)
         worker.wait(timeout=30)
 
         reg = mt.open(home, actor="auditor", namespace="team")
-        tags = [e for e in reg.events(types=["TagsSet"])]
+        tags = list(reg.events(types=["TagsSet"]))
         assert len(tags) % BATCH == 0, "a batch landed in part"
         assert len(tags) >= landed
         landed = len(tags)
