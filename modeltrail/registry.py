@@ -36,9 +36,17 @@ from modeltrail.entities import (
     RunInfo,
     VersionDiff,
 )
-from modeltrail.errors import IntegrityError, InvalidInput, ModeltrailError, NotFound, ReadOnly
+from modeltrail.errors import (
+    IntegrityError,
+    InvalidInput,
+    InvalidName,
+    ModeltrailError,
+    NotFound,
+    ReadOnly,
+)
 
 if TYPE_CHECKING:
+    from modeltrail.consumers.subscriptions import Subscription
     from modeltrail.producers.run import Run
 
 T = TypeVar("T")
@@ -438,6 +446,58 @@ class Registry:
         """New events as they land (from ``after``, else from now); blocks between them."""
         where = LogFilter(types=None if types is None else frozenset(types), namespace=namespace)
         return self._log.tail(after=after, where=where, idle_s=idle_s)
+
+    def subscribe(
+        self,
+        group: str,
+        *,
+        types: Iterable[str] | None = None,
+        model: str | None = None,
+        alias: str | None = None,
+        timeout: float | None = None,
+        start: str = "earliest",
+    ) -> Subscription:
+        """A durable subscription of ``group``: it resumes after the group's last commit
+        (a new group starts at the beginning of the log, or at its end with
+        ``start="latest"``). ``model`` (a model or registered model, ``[ns/]name``) and
+        ``alias`` narrow it to that owner's events and to moves of that alias; iteration
+        stops after ``timeout`` seconds without a matching event (None: never)."""
+        from modeltrail.consumers.subscriptions import (
+            EventFilter,
+            SqlCursors,
+            SqlFeed,
+            Subscription,
+        )
+
+        check_name(group, "subscription group")
+        if self._until is not None:
+            raise ReadOnly(
+                f"this registry is as of position {self._until}: subscribe on a registry "
+                "from modeltrail.open()"
+            )
+        if start not in ("earliest", "latest"):
+            raise InvalidInput(f"start {start!r} is invalid: use 'earliest' or 'latest'")
+        if alias is not None:
+            check_name(alias, "alias")
+        owner = None
+        if model is not None:
+            if ":" in model:
+                raise InvalidName(f"model {model!r} is invalid here: name a model, not a version")
+            parsed = self._ref(model)
+            owner = (parsed.ns, parsed.name)
+        engine = self._require_engine()
+        where = EventFilter.build(
+            types=types, owner=owner, alias=alias, known_types=engine.codec.types
+        )
+        feed = SqlFeed(
+            engine.log,
+            SqlCursors(engine.database, engine.clock),
+            group,
+            where.log_filter,
+            start="latest" if start == "latest" else "earliest",
+            actor=self.actor,
+        )
+        return Subscription(group, feed, where, timeout=timeout)
 
     def catch_up(self) -> int:
         """Applies log events the projections have not seen; returns the position reached."""
