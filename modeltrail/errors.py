@@ -63,6 +63,30 @@ class ReadOnly(ModeltrailError):
     """A write was attempted on a read-only registry (for example one built by as_of)."""
 
 
+class PromotionRefused(PermissionDenied):
+    """A promotion rule refuses an alias move: stages out of order, or a protected alias
+    moved without force. ``rule`` names the rule; the other attributes name the move."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        rule: str = "",
+        namespace: str = "",
+        owner_kind: str = "",
+        owner: str = "",
+        alias: str = "",
+        target: tuple[str, str, int] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.namespace = namespace
+        self.owner_kind = owner_kind
+        self.owner = owner
+        self.alias = alias
+        self.target = target
+
+
 __all__ = [
     "AlreadyExists",
     "ArchitectureMismatch",
@@ -74,6 +98,7 @@ __all__ = [
     "ModeltrailError",
     "NotFound",
     "PermissionDenied",
+    "PromotionRefused",
     "QuotaExceeded",
     "ReadOnly",
     "RunConfigConflict",

@@ -6,6 +6,7 @@ transaction, one batch of events); every read is a query on the projection table
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -42,11 +43,13 @@ from modeltrail.errors import (
     InvalidName,
     ModeltrailError,
     NotFound,
+    PromotionRefused,
     ReadOnly,
 )
 
 if TYPE_CHECKING:
     from modeltrail.consumers.subscriptions import Subscription
+    from modeltrail.core.promotion import PromotionRules
     from modeltrail.producers.run import Run
 
 T = TypeVar("T")
@@ -200,9 +203,12 @@ class Registry:
 
     # -- aliases ---------------------------------------------------------------------
 
-    def set_alias(self, ref: str, alias: str, *, expected: str | None = None) -> None:
+    def set_alias(
+        self, ref: str, alias: str, *, expected: str | None = None, force: bool = False
+    ) -> None:
         """Points ``alias`` of the model or registered model named in ``ref`` at the version
-        ``ref`` names; ``expected`` (a version label or reference) makes it compare-and-set."""
+        ``ref`` names; ``expected`` (a version label or reference) makes it compare-and-set;
+        ``force`` moves an alias its promotion rules protect (the override is recorded)."""
         parsed = self._ref(ref)
 
         def decide(b: Batch) -> None:
@@ -210,18 +216,46 @@ class Registry:
             kind = self._owner_kind(read, parsed)
             target = read.resolve(parsed)
             want = False if expected is None else self._expected(read, parsed, expected)
-            cmd.set_alias(b, kind, parsed.ns, parsed.name, alias, target, expected=want)
+            cmd.set_alias(
+                b, kind, parsed.ns, parsed.name, alias, target, expected=want, force=force
+            )
 
         self._write(decide)
 
-    def remove_alias(self, model_ref: str, alias: str) -> None:
+    def remove_alias(self, model_ref: str, alias: str, *, force: bool = False) -> None:
         parsed = self._ref(model_ref)
 
         def decide(b: Batch) -> None:
             kind = self._owner_kind(ReadModel(b.query), parsed)
-            cmd.remove_alias(b, kind, parsed.ns, parsed.name, alias)
+            cmd.remove_alias(b, kind, parsed.ns, parsed.name, alias, force=force)
 
         self._write(decide)
+
+    def set_promotion_rules(
+        self, ref: str, *, stages: Sequence[str] = (), protected: Sequence[str] = ()
+    ) -> PromotionRules:
+        """Sets the promotion rules of a model or registered model, replacing its earlier
+        ones (empty lists lift them). ``stages`` are aliases in promotion order: an alias
+        may only point at a version that held the stage before it. ``protected`` aliases,
+        once set, move or go only with ``force=True``. Refusals are recorded as
+        ``AliasMoveRefused`` events."""
+        from modeltrail.core import promotion
+
+        parsed = self._ref(ref)
+
+        def decide(b: Batch) -> None:
+            kind = self._owner_kind(ReadModel(b.query), parsed)
+            promotion.set_rules(b, kind, parsed.ns, parsed.name, stages, protected)
+
+        self._write(decide)
+        return self.promotion_rules(ref)
+
+    def promotion_rules(self, ref: str) -> PromotionRules:
+        from modeltrail.core.promotion import read_rules
+
+        parsed = self._ref(ref)
+        kind = self._owner_kind(self._read, parsed)
+        return read_rules(self._read.query, parsed.ns, kind, parsed.name)
 
     def alias_history(self, model_ref: str, alias: str) -> list[AliasMove]:
         parsed = self._ref(model_ref)
@@ -576,8 +610,20 @@ class Registry:
                 f"this registry is read-only (as of position {self._until}): "
                 "writes go to a registry from modeltrail.open()"
             )
-        result, _ = self._engine.write(decide, actor=self.actor)
+        try:
+            result, _ = self._engine.write(decide, actor=self.actor)
+        except PromotionRefused as refused:
+            self._record_refusal(refused)
+            raise
         return result
+
+    def _record_refusal(self, refused: PromotionRefused) -> None:
+        """The refused batch rolled back; the refusal itself goes in as its own write."""
+        from modeltrail.core.promotion import record_refusal
+
+        assert self._engine is not None
+        with contextlib.suppress(ModeltrailError):  # never hide the refusal itself
+            self._engine.write(lambda b: record_refusal(b, refused), actor=self.actor)
 
     def _ref(self, text: str) -> Ref:
         return Ref.parse(text).resolved(self.namespace)

@@ -29,6 +29,7 @@ from modeltrail.core.projections.tables import (
     RunRow,
     VersionRow,
 )
+from modeltrail.core.promotion import override_protection
 from modeltrail.core.refs import (
     Target,
     check_alias,
@@ -203,9 +204,11 @@ def set_alias(
     target: Target,
     *,
     expected: Target | bool | None = False,
+    force: bool = False,
 ) -> bool:
     """Points an alias at ``target``; ``expected`` (a target or None for "unset") makes
-    it a compare-and-set. Returns False when the alias already points there."""
+    it a compare-and-set; ``force`` moves a protected alias. Returns False when the alias
+    already points there."""
     check_alias(alias)
     current = _alias_target(b, owner_kind, namespace, owner, alias)
     if expected is not False and expected != current:
@@ -215,6 +218,8 @@ def set_alias(
         )
     if current == target:
         return False
+    if force:
+        override_protection(b, owner_kind, namespace, owner, alias, target)
     b.emit(
         "AliasMoved",
         _owner_stream(owner_kind, namespace, owner),
@@ -234,11 +239,15 @@ def set_alias(
     return True
 
 
-def remove_alias(b: Batch, owner_kind: str, namespace: str, owner: str, alias: str) -> None:
+def remove_alias(
+    b: Batch, owner_kind: str, namespace: str, owner: str, alias: str, *, force: bool = False
+) -> None:
     check_alias(alias)
     current = _alias_target(b, owner_kind, namespace, owner, alias)
     if current is None:
         raise NotFound(f"alias {alias!r} of {namespace}/{owner} is not set")
+    if force:
+        override_protection(b, owner_kind, namespace, owner, alias, None)
     b.emit(
         "AliasRemoved",
         _owner_stream(owner_kind, namespace, owner),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from modeltrail.core.projections.alias_history import ALIAS_HISTORY
 from modeltrail.core.projections.fold import Projection
 from modeltrail.core.projections.lineage import LINEAGE
+from modeltrail.core.projections.promotion import PROMOTION
 from modeltrail.core.projections.registry import REGISTRY
 from modeltrail.core.projections.state import Spec
 from modeltrail.core.projections.streams import STREAMS
@@ -13,7 +14,7 @@ from modeltrail.core.projections.tables import CHECKPOINTS, REJECTIONS
 
 def default_projections() -> list[Projection]:
     # streams first: it refuses a stale claim before any other fold sees the event
-    return [STREAMS, REGISTRY, ALIAS_HISTORY, LINEAGE]
+    return [STREAMS, REGISTRY, ALIAS_HISTORY, LINEAGE, PROMOTION]
 
 
 def bookkeeping_specs() -> list[Spec]:
