@@ -67,8 +67,11 @@ def open(
     namespace: str | None = None,
     durability: str | None = None,
     clock: Clock | None = None,
+    busy_timeout: float = 30.0,
 ) -> Registry:
-    """Opens (creating when needed) a registry; see ``modeltrail.config`` for defaults."""
+    """Opens (creating when needed) a registry; see ``modeltrail.config`` for defaults.
+    ``busy_timeout``: seconds a write waits for a locked database before raising
+    ``LogUnavailable`` (trainers use a short one and spool instead of waiting)."""
     settings = Settings.resolve(
         home,
         db=db,
@@ -82,7 +85,11 @@ def open(
         raise InvalidInput(
             f"kafka={settings.kafka!r}: this build has no Kafka log; use the SQL log (db=…)"
         )
-    database = Database(settings.db, durability=settings.durability)  # type: ignore[arg-type]
+    database = Database(
+        settings.db,
+        durability=settings.durability,  # type: ignore[arg-type]
+        timeout_s=busy_timeout,
+    )
     if database.path is not None:
         Path(database.path).parent.mkdir(parents=True, exist_ok=True)
     engine = Engine(database, clock=clock or system_clock)

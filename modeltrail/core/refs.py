@@ -117,6 +117,12 @@ def run_stream(namespace: str, model: str, run: str) -> str:
     return f"run:{namespace}/{model}/{run}"
 
 
+def inference_stream(namespace: str, model: str, run: str) -> str:
+    """A run's inference batches: a stream of their own, apart from the run's other events,
+    so a log may store them elsewhere (the Kafka log keeps them in their own topic)."""
+    return f"inference:{namespace}/{model}/{run}"
+
+
 def check_file_path(path: object) -> str:
     """A version's file name: relative, POSIX, no ``..``, no NUL, no empty parts."""
     if not isinstance(path, str) or not path:
