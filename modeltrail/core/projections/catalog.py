@@ -10,11 +10,12 @@ from modeltrail.core.projections.registry import REGISTRY
 from modeltrail.core.projections.state import Spec
 from modeltrail.core.projections.streams import STREAMS
 from modeltrail.core.projections.tables import CHECKPOINTS, REJECTIONS
+from modeltrail.core.projections.webhooks import WEBHOOK_PROJECTION
 
 
 def default_projections() -> list[Projection]:
     # streams first: it refuses a stale claim before any other fold sees the event
-    return [STREAMS, REGISTRY, ALIAS_HISTORY, LINEAGE, PROMOTION]
+    return [STREAMS, REGISTRY, ALIAS_HISTORY, LINEAGE, PROMOTION, WEBHOOK_PROJECTION]
 
 
 def bookkeeping_specs() -> list[Spec]:
