@@ -35,6 +35,7 @@ from modeltrail.core.refs import (
     check_alias,
     check_file_path,
     check_name,
+    inference_stream,
     model_stream,
     namespace_stream,
     registered_stream,
@@ -45,6 +46,7 @@ from modeltrail.errors import (
     ConcurrencyConflict,
     InvalidInput,
     NotFound,
+    PermissionDenied,
     RunConfigConflict,
 )
 
@@ -413,6 +415,47 @@ def log_metrics(
         namespace,
         {"model": model, "run": run, "step": step, "metrics": values},
     )
+
+
+INFERENCE_FIELDS = ("input_ids", "labels", "predictions", "losses", "confidences")
+
+
+def record_inference(
+    b: Batch,
+    namespace: str,
+    model: str,
+    run: str,
+    batch: Mapping[str, Any],
+) -> None:
+    """Records one traced batch on the run's inference stream. ``batch`` holds the
+    payload's other fields (dataset_type, n_epoch, n_samples, num_classes and the packed
+    per-sample arrays). The epoch fold reads no registry table, so the namespace rule and
+    the run's existence are checked here, before emitting."""
+    dataset_type = check_name(batch.get("dataset_type"), "dataset type")
+    n_epoch = batch.get("n_epoch")
+    if n_epoch is not None and (
+        isinstance(n_epoch, bool) or not isinstance(n_epoch, int) or not 0 <= n_epoch < 2**31
+    ):
+        raise InvalidInput(f"n_epoch {n_epoch!r} is invalid: epochs are integers >= 0 or None")
+    found = b.state.get(NAMESPACES, (namespace,))
+    if found is None:
+        raise NotFound(f"namespace {namespace!r} does not exist")
+    if found.personal and b.actor != found.owner:
+        raise PermissionDenied(
+            f"actor {b.actor!r} may not write to {namespace!r}: a personal namespace is "
+            f"written only by its owner {found.owner!r}"
+        )
+    _existing_run(b, namespace, model, run)
+    data = {
+        "model": model,
+        "run": run,
+        "dataset_type": dataset_type,
+        "n_epoch": n_epoch,
+        "n_samples": batch.get("n_samples"),
+        "num_classes": batch.get("num_classes"),
+        **{name: batch.get(name) for name in INFERENCE_FIELDS},
+    }
+    b.emit("InferenceBatchRecorded", inference_stream(namespace, model, run), namespace, data)
 
 
 def use_version(b: Batch, namespace: str, model: str, run: str, used: Target) -> None:
