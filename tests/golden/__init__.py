@@ -53,12 +53,10 @@ def example(schema: Any, name: str = "value", named: dict[str, Any] | None = Non
 
 
 def golden_event(type_: str, raw_schema: dict[str, Any]) -> dict[str, Any]:
-    from fastavro import parse_schema
-
     codec = Codec({type_: raw_schema})
     data = example(raw_schema)
     fingerprint, payload = codec.encode(type_, data)
-    assert fingerprint == schema_fingerprint(parse_schema(dict(raw_schema), _write_hint=False))
+    assert fingerprint == schema_fingerprint(raw_schema)
     event_id = uuid.UUID(int=len(type_))
     envelope = {
         "event_id": str(event_id),

@@ -8,17 +8,19 @@ where its last commit left it: no event applied twice, none skipped.
 from __future__ import annotations
 
 import base64
+import gc
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 from modeltrail.core.db import Query, Tx
 from modeltrail.core.events.envelope import Event
 from modeltrail.core.events.log import EventLog
 from modeltrail.core.projections.fold import Folder
 from modeltrail.core.projections.state import (
+    Journal,
     MemoryState,
-    Overlay,
     Spec,
     SqlState,
     State,
@@ -39,10 +41,23 @@ Progress = Callable[[int], None]
 CHUNK = 5000
 
 
+class SnapshotSource(Protocol):
+    """Folded states stored at positions (see ``snapshots.SqlSnapshots``)."""
+
+    def nearest(
+        self, until: int | None, query: Query | None = None
+    ) -> tuple[MemoryState, int] | None:
+        """A fresh copy of the newest usable snapshot at or before ``until``."""
+
+
 class Runner:
-    def __init__(self, folder: Folder, name: str = "projections") -> None:
+    def __init__(
+        self, folder: Folder, name: str = "projections", snapshots: SnapshotSource | None = None
+    ) -> None:
         self.folder = folder
         self.name = name
+        self.snapshots = snapshots
+        """Where ``fold_log`` finds a state to start from, when it is given none."""
 
     @property
     def specs(self) -> list[Spec]:
@@ -62,14 +77,15 @@ class Runner:
         """Applies events in order; one a fold refuses is recorded as rejected and leaves
         no other trace, so every replay of the same log reaches the same state."""
         last = None
+        journal = state.journal() if isinstance(state, MemoryState) else Journal(state)
         for event in events:
-            overlay = Overlay(state)
             try:
-                self.folder.apply(overlay, event)
+                self.folder.apply(journal, event)
             except ModeltrailError as exc:
+                journal.rollback()
                 self.reject(state, [event], exc)
             else:
-                overlay.commit()
+                journal.keep()
             last = event
         if last is not None:
             state.put(CHECKPOINTS, CheckpointRow(self.name, partition, last.position))
@@ -99,17 +115,21 @@ class Runner:
         progress: Progress | None = None,
         query: Query | None = None,
     ) -> MemoryState:
-        """Folds the log (from a snapshot when given) into memory."""
+        """Folds the log into memory, from ``start``, else from the nearest snapshot at or
+        before ``until``, else from position 0."""
+        if start is None and self.snapshots is not None:
+            start = self.snapshots.nearest(until, query)
         state, after = start if start is not None else (MemoryState(), 0)
         pending: list[Event] = []
-        for event in log.read(after=after, until=until, query=query):
-            pending.append(event)
-            if len(pending) == CHUNK:
-                self.apply_tolerant(state, pending)
-                if progress:
-                    progress(len(pending))
-                pending.clear()
-        self.apply_tolerant(state, pending)
+        with _collector_paused():
+            for event in log.read(after=after, until=until, query=query):
+                pending.append(event)
+                if len(pending) == CHUNK:
+                    self.apply_tolerant(state, pending)
+                    if progress:
+                        progress(len(pending))
+                    pending.clear()
+            self.apply_tolerant(state, pending)
         if progress and pending:
             progress(len(pending))
         return state
@@ -126,6 +146,19 @@ class Runner:
         if done < head:
             self.apply_tolerant(state, log.read(after=done, until=head, query=state.tx))
         return head
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """A replay allocates millions of row tuples that all stay alive: the cyclic garbage
+    collector would walk them again and again and find nothing (rows hold no cycles)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def export(query: Query, specs: Sequence[Spec]) -> Iterator[str]:
