@@ -8,11 +8,14 @@ produced which version from which inputs.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from modeltrail.core import commands as cmd
+from modeltrail.core.refs import check_name
+from modeltrail.errors import InvalidInput
 
 if TYPE_CHECKING:
     from modeltrail.entities import ModelVersion
@@ -21,24 +24,45 @@ if TYPE_CHECKING:
 
 class Run:
     def __init__(
-        self, registry: Registry, namespace: str, model: str, name: str, *, resumed: bool
+        self,
+        registry: Registry,
+        namespace: str,
+        model: str,
+        name: str,
+        *,
+        resumed: bool | None,
+        opened_by: uuid.UUID | None = None,
     ) -> None:
         self.registry = registry
         self.namespace = namespace
         self.model = model
         self.name = name
         self.resumed = resumed
-        """True when this run existed and was resumed by reusing its name."""
+        """True when this run existed and was resumed by reusing its name; None when it
+        was opened while the log could not be reached (decided when the spool flushes)."""
+        self.opened_by = opened_by
+        """The spool entry that opens this run, when it was opened offline."""
 
     @property
     def model_ref(self) -> str:
         return f"{self.namespace}/{self.model}"
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Records scalar metrics at a step; the wall-clock time is the event's."""
-        self.registry._write(
-            lambda b: cmd.log_metrics(b, self.namespace, self.model, self.name, metrics, step)
-        )
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> bool:
+        """Records scalar metrics at a step; the wall-clock time is the event's (the time
+        of this call, even when the metrics wait in the spool). Returns False when the log
+        could not be reached and they were spooled (``modeltrail.producers.spool``)."""
+        values: dict[str, float] = {}
+        for key, value in metrics.items():
+            check_name(key, "metric name")
+            try:
+                values[key] = float(value)
+            except (TypeError, ValueError):
+                raise InvalidInput(
+                    f"metric {key}={value!r} is invalid: metrics are numbers"
+                ) from None
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+            raise InvalidInput(f"step {step!r} is invalid: steps are integers or None")
+        return self._submit("metrics", {"metrics": values, "step": step})
 
     def log_version(
         self,
@@ -70,10 +94,24 @@ class Run:
         )
         return version
 
-    def finish(self, status: str = "finished") -> None:
-        self.registry._write(
-            lambda b: cmd.finish_run(b, self.namespace, self.model, self.name, status)
+    def finish(self, status: str = "finished") -> bool:
+        """Ends the run (finished, failed or killed); spooled like metrics when the log
+        cannot be reached."""
+        if status not in ("finished", "failed", "killed"):
+            raise InvalidInput(f"run status {status!r} is invalid: use finished, failed or killed")
+        return self._submit("finish", {"status": status})
+
+    def _submit(self, kind: str, args: dict[str, Any]) -> bool:
+        from modeltrail.producers.spool import outbox_for
+
+        outbox = outbox_for(self.registry)
+        entry = outbox.entry(
+            kind,
+            self.namespace,
+            {"model": self.model, "run": self.name, **args},
+            requires=self.opened_by,
         )
+        return outbox.submit(entry)
 
     def __enter__(self) -> Run:
         return self

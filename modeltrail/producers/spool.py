@@ -1,0 +1,676 @@
+"""Offline safety: when the log cannot be reached, trainers' writes wait in a local spool.
+
+A trainer must never block for long or crash because the log is down (a broker away, a
+database locked past its busy timeout). Its writes go through an ``Outbox``: written
+at once when the log answers, else appended to ``<home>/spool/entries.jsonl``, and the
+training goes on. The spool is flushed, in order and once, when the log is back: by the
+next write that finds the log reachable again, or by ``modeltrail spool flush``.
+
+What a spooled entry is
+-----------------------
+An entry is a *command invocation* whose identity and time are fixed when the trainer
+made it — an id, the actor, the producer's clock, and the command's arguments (the
+inference batch with its packed arrays, the metrics, ...) — not a sealed event.
+Sealing claims the next version of a stream and chains to its last hash, which only
+the log knows: the run stream has several writers (this trainer's metrics, another
+process resuming the run, the CLI finishing it), and even an inference stream may have
+a second writer (another rank, a resumed process). Events sealed while offline would
+claim versions someone else may take meanwhile, and be refused. So an entry is sealed
+when it is flushed, against the stream heads of that moment, with the time and id it
+was given when spooled: the event records when the batch was seen, and its id is
+derived from the entry's (``uuid5(entry id, n)``), so a retried write of the same entry
+carries the same event ids on every log.
+
+Flushing replays entries through the same commands and folds as a live write, so every
+rule still holds (an entry a rule refuses — the run's config changed meanwhile — goes
+to ``rejected.jsonl`` with the reason, together with the entries that depend on it).
+
+Exactly once, in order
+----------------------
+One flusher at a time holds ``<home>/spool/lock``; entries replay in file order, in
+chunks, each chunk one atomic append. ``cursor.json`` says how far the file has been
+flushed. The gap between a chunk's commit and the cursor moving past it is closed
+this way: while the chunk's transaction is still open, its sealed events are saved
+in the cursor as *in flight*. A flush that finds an in-flight chunk re-sends exactly
+those events: the log makes a re-sent batch with the same event ids a no-op when it
+had landed, and appends it when it had not; if other writers took its stream versions
+meanwhile (so it cannot have landed: appends are atomic), it is dropped and its entries
+are sealed again.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modeltrail.core import commands as cmd
+from modeltrail.core.batch import Batch
+from modeltrail.core.events.envelope import Event, to_datetime
+from modeltrail.core.events.seal import Sealer
+from modeltrail.errors import ConcurrencyConflict, IntegrityError, LogUnavailable, ModeltrailError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: one process per home, threads still locked
+    fcntl = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from modeltrail.producers.run import Run
+    from modeltrail.registry import Registry
+
+CHUNK = 256
+"""Entries replayed per transaction when flushing."""
+
+
+# -- entries ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One command a producer made, with its identity and time fixed when it was made."""
+
+    kind: str
+    namespace: str
+    actor: str
+    at: int
+    """The producer's clock when the entry was made (UTC microseconds): the events'
+    ``recorded_at``, however late they are flushed."""
+    args: Mapping[str, Any]
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    requires: uuid.UUID | None = None
+    """An entry that must have been accepted for this one to make sense (the spooled
+    opening of the run it writes to)."""
+
+    def dumps(self) -> str:
+        return json.dumps(
+            {
+                "id": str(self.id),
+                "kind": self.kind,
+                "namespace": self.namespace,
+                "actor": self.actor,
+                "at": self.at,
+                "requires": None if self.requires is None else str(self.requires),
+                "args": _to_json(dict(self.args)),
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def loads(cls, line: str) -> Entry:
+        raw = json.loads(line)
+        return cls(
+            kind=raw["kind"],
+            namespace=raw["namespace"],
+            actor=raw["actor"],
+            at=int(raw["at"]),
+            args=_from_json(raw["args"]),
+            id=uuid.UUID(raw["id"]),
+            requires=None if raw.get("requires") is None else uuid.UUID(raw["requires"]),
+        )
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, Mapping):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and "$bytes" in value:
+            return base64.b64decode(value["$bytes"])
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def _replay_inference(b: Batch, ns: str, a: Mapping[str, Any]) -> None:
+    cmd.record_inference(b, ns, a["model"], a["run"], a["batch"])
+
+
+def _replay_metrics(b: Batch, ns: str, a: Mapping[str, Any]) -> None:
+    cmd.log_metrics(b, ns, a["model"], a["run"], a["metrics"], a["step"])
+
+
+def _replay_finish(b: Batch, ns: str, a: Mapping[str, Any]) -> None:
+    cmd.finish_run(b, ns, a["model"], a["run"], a["status"])
+
+
+def _replay_open_run(b: Batch, ns: str, a: Mapping[str, Any]) -> None:
+    cmd.open_run(
+        b,
+        ns,
+        a["model"],
+        a["run"],
+        a["config"],
+        allow_config_change=a["allow_config_change"],
+        arch_hash=a["arch_hash"],
+    )
+
+
+def _replay_version(b: Batch, ns: str, a: Mapping[str, Any]) -> None:
+    cmd.log_version(
+        b,
+        ns,
+        a["model"],
+        [cmd.FileEntry(path, size, sha256) for path, size, sha256 in a["files"]],
+        metadata=a["metadata"],
+        aliases=a["aliases"],
+        run=a["run"],
+        epoch=a["epoch"],
+        arch_hash=a["arch_hash"],
+    )
+
+
+REPLAY: dict[str, Callable[[Batch, str, Mapping[str, Any]], None]] = {
+    "inference": _replay_inference,
+    "metrics": _replay_metrics,
+    "finish": _replay_finish,
+    "open_run": _replay_open_run,
+    "version": _replay_version,
+}
+"""How each kind of entry is written: the same command a live write runs."""
+
+
+def replay(b: Batch, entry: Entry) -> None:
+    """Runs an entry's command inside a write, with the entry's actor, time and ids."""
+    replayer = REPLAY.get(entry.kind)
+    if replayer is None:
+        raise IntegrityError(f"spool entry {entry.id} has unknown kind {entry.kind!r}")
+    ids = (uuid.uuid5(entry.id, str(n)) for n in range(1_000_000))
+    own = Batch(
+        b.state,
+        b._folder,
+        Sealer(b._sealer.codec, new_id=ids.__next__),
+        actor=entry.actor,
+        recorded_at=entry.at,
+        query=b.query,
+    )
+    replayer(own, entry.namespace, entry.args)
+    own.state.commit()
+    b.events.extend(own.events)
+
+
+# -- the spool file ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpoolStatus:
+    path: str
+    pending: int
+    """Entries waiting to be flushed."""
+    oldest: datetime | None
+    newest: datetime | None
+    rejected: int
+    """Entries a rule refused when flushed (kept in rejected.jsonl with the reason)."""
+    in_flight: int
+    """Sealed events of a flush whose outcome is not known yet (re-sent by the next)."""
+
+
+@dataclass(frozen=True)
+class FlushReport:
+    flushed: int
+    """Entries written to the log (or events re-sent for a flush left in flight)."""
+    rejected: int
+    """Entries a rule refused, moved to rejected.jsonl."""
+
+
+@dataclass
+class _Cursor:
+    done: int = 0
+    """Bytes of entries.jsonl already flushed (or rejected)."""
+    in_flight: dict[str, Any] | None = None
+    """{"end": offset the chunk reaches, "events": [sealed event, ...]}"""
+    refused: list[str] = field(default_factory=list)
+    """Ids of rejected entries that later entries may require."""
+
+
+class Spool:
+    """The spool of one home: ``entries.jsonl``, ``cursor.json``, ``rejected.jsonl``."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, durable: bool = False) -> None:
+        self.directory = Path(directory)
+        self.entries_path = self.directory / "entries.jsonl"
+        self.cursor_path = self.directory / "cursor.json"
+        self.rejected_path = self.directory / "rejected.jsonl"
+        self.durable = durable
+        self._thread_lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """This spool, exclusively: other threads and other processes wait."""
+        with self._thread_lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with open(self.directory / "lock", "a+b") as handle:
+                if fcntl is not None:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    if fcntl is not None:
+                        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def has_pending(self) -> bool:
+        """True when entries wait (cheap: one stat; the file is emptied once flushed)."""
+        try:
+            return self.entries_path.stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        data = "".join(e.dumps() + "\n" for e in entries).encode()
+        with self.locked(), open(self.entries_path, "ab") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size and os.pread(handle.fileno(), 1, size - 1) != b"\n":
+                handle.write(b"\n")  # a line torn by a crash stays a line of its own
+            handle.write(data)
+            handle.flush()
+            if self.durable:
+                os.fsync(handle.fileno())
+
+    def status(self) -> SpoolStatus:
+        with self.locked():
+            cursor = self._read_cursor()
+            entries, _, broken = self._read(cursor.done, None)
+            rejected = 0
+            if self.rejected_path.exists():
+                with open(self.rejected_path, "rb") as handle:
+                    rejected = sum(1 for _ in handle)
+            in_flight = 0 if cursor.in_flight is None else len(cursor.in_flight["events"])
+        times = [e.at for e in entries]
+        return SpoolStatus(
+            path=str(self.directory),
+            pending=len(entries) + broken,
+            oldest=to_datetime(min(times)) if times else None,
+            newest=to_datetime(max(times)) if times else None,
+            rejected=rejected,
+            in_flight=in_flight,
+        )
+
+    def flush(self, registry: Registry, *, chunk: int = CHUNK) -> FlushReport:
+        """Writes every pending entry to the log, in order; raises ``LogUnavailable``
+        (keeping what is left) when the log cannot be reached."""
+        flushed = rejected = 0
+        with self.locked():
+            cursor = self._read_cursor()
+            if cursor.in_flight is not None:
+                flushed += self._resend(registry, cursor)
+            while True:
+                entries, ends, broken = self._read(cursor.done, chunk)
+                if not entries:
+                    if not broken:
+                        break
+                    self._skip_broken(cursor)  # an unreadable line (a torn write)
+                    rejected += 1
+                    continue
+                blocked = [i for i, e in enumerate(entries) if self._blocked(cursor, e)]
+                if blocked and blocked[0] == 0:
+                    self._reject(cursor, entries[0], ends[0], "it requires a rejected entry")
+                    rejected += 1
+                    continue
+                if blocked:
+                    entries, ends = entries[: blocked[0]], ends[: blocked[0]]
+                try:
+                    self._commit(registry, cursor, entries, ends[-1])
+                    flushed += len(entries)
+                except (LogUnavailable, ConcurrencyConflict):
+                    raise
+                except ModeltrailError:  # a rule refused one of them: find it
+                    ok, bad = self._one_by_one(registry, cursor, entries, ends)
+                    flushed += ok
+                    rejected += bad
+            self._truncate_if_drained(cursor)
+        return FlushReport(flushed, rejected)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _one_by_one(
+        self, registry: Registry, cursor: _Cursor, entries: list[Entry], ends: list[int]
+    ) -> tuple[int, int]:
+        ok = bad = 0
+        for entry, end in zip(entries, ends, strict=True):
+            if self._blocked(cursor, entry):
+                self._reject(cursor, entry, end, "it requires a rejected entry")
+                bad += 1
+                continue
+            try:
+                self._commit(registry, cursor, [entry], end)
+                ok += 1
+            except (LogUnavailable, ConcurrencyConflict):
+                raise
+            except ModeltrailError as exc:
+                self._reject(cursor, entry, end, f"{type(exc).__name__}: {exc}")
+                bad += 1
+        return ok, bad
+
+    @staticmethod
+    def _blocked(cursor: _Cursor, entry: Entry) -> bool:
+        return entry.requires is not None and str(entry.requires) in cursor.refused
+
+    def _commit(self, registry: Registry, cursor: _Cursor, entries: list[Entry], end: int) -> None:
+        def decide(b: Batch) -> None:
+            for entry in entries:
+                replay(b, entry)
+            # Saved before the transaction commits: if its outcome is lost, the next
+            # flush re-sends exactly these events instead of sealing new ones.
+            cursor.in_flight = {"end": end, "events": [_event_json(e) for e in b.events]}
+            self._write_cursor(cursor)
+
+        registry._write(decide)
+        cursor.done, cursor.in_flight = end, None
+        self._write_cursor(cursor)
+
+    def _resend(self, registry: Registry, cursor: _Cursor) -> int:
+        assert cursor.in_flight is not None
+        events = [_event_from_json(e) for e in cursor.in_flight["events"]]
+        count = len(events)
+        try:
+            if events:
+                registry._require_engine().log.append(events)
+        except ConcurrencyConflict:
+            count = 0  # not landed, and its versions are taken: seal its entries again
+        else:
+            registry.catch_up()
+            cursor.done = cursor.in_flight["end"]
+        cursor.in_flight = None
+        self._write_cursor(cursor)
+        return count
+
+    def _reject(self, cursor: _Cursor, entry: Entry, end: int, reason: str) -> None:
+        record = {"reason": reason, "entry": json.loads(entry.dumps())}
+        with open(self.rejected_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+        if entry.kind == "open_run":
+            cursor.refused.append(str(entry.id))
+        cursor.done = end
+        self._write_cursor(cursor)
+
+    def _skip_broken(self, cursor: _Cursor) -> None:
+        with open(self.entries_path, "rb") as handle:
+            handle.seek(cursor.done)
+            line = handle.readline()
+        with open(self.rejected_path, "a", encoding="utf-8") as out:
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            out.write(json.dumps({"reason": "unreadable line", "line": text}) + "\n")
+        cursor.done += len(line)
+        self._write_cursor(cursor)
+
+    def _truncate_if_drained(self, cursor: _Cursor) -> None:
+        try:
+            size = self.entries_path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if cursor.done >= size and cursor.in_flight is None:
+            with open(self.entries_path, "wb"):
+                pass
+            cursor.done = 0
+            cursor.refused.clear()
+            self._write_cursor(cursor)
+
+    def _read(self, start: int, limit: int | None) -> tuple[list[Entry], list[int], int]:
+        """Entries from byte ``start`` (at most ``limit``), the offset after each, and
+        whether the first line that could not be read stopped the reading (0 or 1)."""
+        entries: list[Entry] = []
+        ends: list[int] = []
+        if not self.entries_path.exists():
+            return entries, ends, 0
+        with open(self.entries_path, "rb") as handle:
+            handle.seek(start)
+            offset = start
+            for line in handle:
+                if limit is not None and len(entries) >= limit:
+                    break
+                if not line.endswith(b"\n"):
+                    return entries, ends, 1  # torn by a crash mid-write
+                try:
+                    entry = Entry.loads(line.decode("utf-8"))
+                except (ValueError, KeyError, TypeError):
+                    return entries, ends, 1
+                offset += len(line)
+                entries.append(entry)
+                ends.append(offset)
+        return entries, ends, 0
+
+    def _read_cursor(self) -> _Cursor:
+        try:
+            raw = json.loads(self.cursor_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return _Cursor()
+        return _Cursor(raw["done"], raw.get("in_flight"), list(raw.get("refused", [])))
+
+    def _write_cursor(self, cursor: _Cursor) -> None:
+        text = json.dumps(
+            {"done": cursor.done, "in_flight": cursor.in_flight, "refused": cursor.refused}
+        )
+        temporary = self.cursor_path.with_suffix(".tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.cursor_path)
+
+
+def _event_json(event: Event) -> dict[str, Any]:
+    return {
+        "event_id": str(event.event_id),
+        "type": event.type,
+        "stream": event.stream,
+        "stream_version": event.stream_version,
+        "namespace": event.namespace,
+        "recorded_at": event.recorded_at,
+        "actor": event.actor,
+        **{
+            name: base64.b64encode(getattr(event, name)).decode("ascii")
+            for name in ("prev_hash", "hash", "schema", "payload")
+        },
+    }
+
+
+def _event_from_json(raw: Mapping[str, Any]) -> Event:
+    def b(name: str) -> bytes:
+        return base64.b64decode(raw[name])
+
+    return Event(
+        uuid.UUID(raw["event_id"]),
+        raw["type"],
+        raw["stream"],
+        raw["stream_version"],
+        raw["namespace"],
+        raw["recorded_at"],
+        raw["actor"],
+        b("prev_hash"),
+        b("hash"),
+        b("schema"),
+        b("payload"),
+    )
+
+
+# -- the producer side ------------------------------------------------------------------
+
+
+class Outbox:
+    """Writes a producer's entries now, or spools them while the log cannot be reached.
+
+    While entries wait in the spool, new ones are spooled behind them (so nothing
+    overtakes what was made earlier) and a flush is tried at most every ``retry_s``.
+    """
+
+    def __init__(self, registry: Registry, spool: Spool, *, retry_s: float = 2.0) -> None:
+        self.registry = registry
+        self.spool = spool
+        self.retry_s = retry_s
+        self._lock = threading.RLock()
+        self._next_try = 0.0
+
+    def entry(
+        self,
+        kind: str,
+        namespace: str,
+        args: Mapping[str, Any],
+        *,
+        requires: uuid.UUID | None = None,
+        at: int | None = None,
+    ) -> Entry:
+        """A new entry by this registry's actor, made at ``at`` (default: now)."""
+        when = self.now() if at is None else at
+        return Entry(kind, namespace, self.registry.actor, when, args, requires=requires)
+
+    def now(self) -> int:
+        """The registry's clock (UTC microseconds)."""
+        return self.registry._require_engine().clock()
+
+    def submit(self, entry: Entry) -> bool:
+        """Writes the entry (True), or spools it (False) when the log cannot be reached.
+        A refusal by a rule (``RunConfigConflict`` …) is raised as usual."""
+        with self._lock:
+            if self.spool.has_pending():
+                self._try_flush()
+                if self.spool.has_pending():
+                    self.spool.append([entry])
+                    return False
+            try:
+                self.registry._write(lambda b: replay(b, entry))
+            except LogUnavailable:
+                self.spool.append([entry])
+                self._next_try = time.monotonic() + self.retry_s
+                return False
+            return True
+
+    def flush(self) -> FlushReport:
+        """Flushes the spool now (raises ``LogUnavailable`` when the log is still away)."""
+        with self._lock:
+            return self.spool.flush(self.registry)
+
+    def _try_flush(self) -> None:
+        if time.monotonic() < self._next_try:
+            return
+        try:
+            self.spool.flush(self.registry)
+        except (LogUnavailable, ConcurrencyConflict):
+            self._next_try = time.monotonic() + self.retry_s
+
+
+_OUTBOXES: weakref.WeakKeyDictionary[Registry, Outbox] = weakref.WeakKeyDictionary()
+_OUTBOXES_LOCK = threading.Lock()
+
+
+def spool_of(registry: Registry) -> Spool:
+    """The spool of a registry's home."""
+    settings = registry.settings
+    return Spool(Path(settings.home) / "spool", durable=settings.durability == "full")
+
+
+def outbox_for(registry: Registry) -> Outbox:
+    """The one outbox of a registry object (shared by its tracers and runs)."""
+    with _OUTBOXES_LOCK:
+        outbox = _OUTBOXES.get(registry)
+        if outbox is None:
+            outbox = Outbox(registry, spool_of(registry))
+            _OUTBOXES[registry] = outbox
+        return outbox
+
+
+def open_run(
+    registry: Registry,
+    model_ref: str,
+    name: str,
+    *,
+    config: Mapping[str, Any] | None = None,
+    allow_config_change: bool = False,
+    arch_hash: str | None = None,
+) -> Run:
+    """``registry.run(...)``, except that when the log cannot be reached the opening is
+    spooled and a ``Run`` is returned at once (its ``resumed`` is then None: unknown).
+
+    What can be checked offline still is: when the registry can be read, a changed config
+    or architecture raises here as it would online; what could not be checked is decided
+    when the spool is flushed, and a refused opening takes the run's spooled writes with
+    it to ``rejected.jsonl``."""
+    from modeltrail.core.refs import Ref
+    from modeltrail.producers.run import Run
+
+    try:
+        return registry.run(
+            model_ref,
+            name,
+            config=config,
+            allow_config_change=allow_config_change,
+            arch_hash=arch_hash,
+        )
+    except LogUnavailable:
+        pass
+    ref = Ref.parse(model_ref).resolved(registry.namespace)
+    _check_offline(registry, ref.ns, ref.name, name, config, allow_config_change, arch_hash)
+    outbox = outbox_for(registry)
+    entry = outbox.entry(
+        "open_run",
+        ref.ns,
+        {
+            "model": ref.name,
+            "run": name,
+            "config": dict(config or {}),
+            "allow_config_change": allow_config_change,
+            "arch_hash": arch_hash,
+        },
+    )
+    outbox.spool.append([entry])
+    outbox._next_try = time.monotonic() + outbox.retry_s
+    return Run(registry, ref.ns, ref.name, name, resumed=None, opened_by=entry.id)
+
+
+def _check_offline(
+    registry: Registry,
+    namespace: str,
+    model: str,
+    run: str,
+    config: Mapping[str, Any] | None,
+    allow_config_change: bool,
+    arch_hash: str | None,
+) -> None:
+    from modeltrail.core.projections.fold import dumps
+    from modeltrail.core.refs import check_name
+    from modeltrail.errors import ArchitectureMismatch, RunConfigConflict
+
+    check_name(model, "model name")
+    check_name(run, "run name")
+    try:
+        model_row = registry._read.model(namespace, model)
+        run_row = registry._read.run(namespace, model, run)
+    except Exception:  # the projections cannot be read either: decided at flush
+        return
+    if (
+        arch_hash is not None
+        and model_row is not None
+        and model_row.arch_hash
+        not in (
+            None,
+            arch_hash,
+        )
+    ):
+        raise ArchitectureMismatch(
+            f"architecture {arch_hash} differs from {model_row.arch_hash}, the one model "
+            f"{namespace}/{model} is bound to: a new architecture needs a new model name"
+        )
+    digest = cmd.config_digest(dict(config or {}))
+    if run_row is not None and run_row.config_digest != digest and not allow_config_change:
+        raise RunConfigConflict(
+            f"run {run!r} of {namespace}/{model} started with config {run_row.config}, "
+            f"not {dumps(dict(config or {}))}: new training conditions need a new run "
+            "name (or pass allow_config_change=True to resume anyway)"
+        )
