@@ -275,7 +275,7 @@ class Spool:
 
     def append(self, entries: Sequence[Entry]) -> None:
         data = "".join(e.dumps() + "\n" for e in entries).encode()
-        with self.locked(), open(self.entries_path, "ab") as handle:
+        with self.locked(), open(self.entries_path, "a+b") as handle:
             size = handle.seek(0, os.SEEK_END)
             if size and os.pread(handle.fileno(), 1, size - 1) != b"\n":
                 handle.write(b"\n")  # a line torn by a crash stays a line of its own
