@@ -23,6 +23,7 @@ from modeltrail.core.projections.ddl import define_tables, schema_fingerprint
 from modeltrail.core.projections.fold import Folder, Projection
 from modeltrail.core.projections.runner import Progress, Runner
 from modeltrail.core.projections.state import SqlState
+from modeltrail.errors import IntegrityError
 
 T = TypeVar("T")
 META_TABLE = "modeltrail_meta"
@@ -58,14 +59,25 @@ class Engine:
     def write(self, decide: Callable[[Batch], T], *, actor: str) -> tuple[T, list[Event]]:
         """Runs a command in one transaction; returns its result and the placed events."""
         with self.database.transaction() as tx:
+            self.log.lock(tx)
             state = SqlState(tx)
-            self.runner.catch_up(state, self.log, self.log.head(tx))
+            head = self.log.head(tx)
+            self.runner.catch_up(state, self.log, head)
             batch = Batch(
-                state, self.folder, self.sealer, actor=actor, recorded_at=self.clock(), query=tx
+                state,
+                self.folder,
+                self.sealer,
+                actor=actor,
+                recorded_at=self.clock(),
+                query=tx,
+                first_position=head + 1,
             )
             result = decide(batch)
             placed = self.log.append_in(tx, batch.events)
-            self.runner.apply(state, placed)
+            if [e.position for e in placed] != [e.position for e in batch.events]:
+                raise IntegrityError("the log placed a batch elsewhere than its writer expected")
+            batch.state.commit()  # the scratch state was folded from exactly these events
+            self.runner.advance(state, placed)
             state.flush()
             return result, placed
 

@@ -194,17 +194,13 @@ def replay(b: Batch, entry: Entry) -> None:
     if replayer is None:
         raise IntegrityError(f"spool entry {entry.id} has unknown kind {entry.kind!r}")
     ids = (uuid.uuid5(entry.id, str(n)) for n in range(1_000_000))
-    own = Batch(
-        b.state,
-        b._folder,
-        Sealer(b._sealer.codec, new_id=ids.__next__),
+    own = b.child(
         actor=entry.actor,
         recorded_at=entry.at,
-        query=b.query,
+        sealer=Sealer(b.codec, new_id=ids.__next__),
     )
     replayer(own, entry.namespace, entry.args)
-    own.state.commit()
-    b.events.extend(own.events)
+    b.adopt(own)
 
 
 # -- the spool file ---------------------------------------------------------------------

@@ -120,14 +120,20 @@ class SqlLog(EventLog):
         with self.database.transaction() as tx:
             return self.append_in(tx, events)
 
+    def lock(self, tx: Tx) -> None:
+        """Takes the log's write lock for the rest of ``tx`` (SQLite holds it from BEGIN
+        IMMEDIATE already). A command takes it before reading the state it decides on,
+        so that no other writer can change that state before its events land."""
+        if tx.dialect == "postgresql":
+            tx.run("LOCK TABLE events IN EXCLUSIVE MODE")
+
     def append_in(self, tx: Tx, events: Sequence[Event]) -> list[Event]:
         """Appends inside a caller's transaction (so projections can share it)."""
         if not events:
             return []
         if tx.one("SELECT position FROM events WHERE event_id = ?", (events[0].event_id.bytes,)):
             return self._already_appended(tx, events)
-        if tx.dialect == "postgresql":
-            tx.run("LOCK TABLE events IN EXCLUSIVE MODE")
+        self.lock(tx)
         last = tx.one("SELECT position, appended_at FROM events ORDER BY position DESC LIMIT 1")
         position, appended_at = last if last is not None else (0, 0)
         appended_at = max(self._clock(), appended_at)

@@ -69,8 +69,12 @@ class Runner:
 
     def apply(self, state: State, events: Sequence[Event], partition: str = "") -> None:
         """Applies events that must be accepted (a refusal propagates to the caller)."""
+        self.folder.apply_all(state, events)
+        self.advance(state, events, partition)
+
+    def advance(self, state: State, events: Sequence[Event], partition: str = "") -> None:
+        """Moves the checkpoint past events whose effects are already in ``state``."""
         if events:
-            self.folder.apply_all(state, events)
             state.put(CHECKPOINTS, CheckpointRow(self.name, partition, events[-1].position))
 
     def apply_tolerant(self, state: State, events: Iterable[Event], partition: str = "") -> int:

@@ -219,7 +219,8 @@ class SqlState(Overlay):
     """Rows read from a transaction on first use; writes buffered until ``flush``."""
 
     def __init__(self, tx: Tx) -> None:
-        super().__init__(_SqlRows(tx))
+        self.rows = _SqlRows(tx)
+        super().__init__(self.rows)
         self.tx = tx
 
     def flush(self) -> None:
@@ -228,6 +229,7 @@ class SqlState(Overlay):
             written = [row for row in table.values() if row is not _DELETED]
             self.tx.run_many(spec.delete_sql, deleted)
             self.tx.run_many(spec.upsert_sql, written)
+            self.rows.remember(spec, table)
         self.changes.clear()
 
 
@@ -236,10 +238,23 @@ class _SqlRows:
 
     def __init__(self, query: Query) -> None:
         self.query = query
+        # Valid for the transaction's life: its writer holds the log's write lock, and
+        # its own writes sit in the overlay above this.
+        self._cache: dict[tuple[Spec, Key], RowT | None] = {}
 
     def get(self, spec: Spec, key: Key) -> RowT | None:
-        found = self.query.one(spec.select_sql, key)
-        return None if found is None else spec.row._make(found)
+        try:
+            return self._cache[spec, key]
+        except KeyError:
+            found = self.query.one(spec.select_sql, key)
+            row = None if found is None else spec.row._make(found)
+            self._cache[spec, key] = row
+            return row
+
+    def remember(self, spec: Spec, written: dict[Key, RowT | None]) -> None:
+        """What a flush wrote is what a later read in the transaction must see."""
+        for key, row in written.items():
+            self._cache[spec, key] = row
 
     def put(self, spec: Spec, row: RowT) -> None:
         raise TypeError("SqlState writes through its buffer")
