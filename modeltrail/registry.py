@@ -23,6 +23,7 @@ from modeltrail.core.events.envelope import Clock, Event, system_clock, to_micro
 from modeltrail.core.events.log import LogFilter, VerifyReport
 from modeltrail.core.events.sql_log import SqlLog
 from modeltrail.core.projections.runner import Progress, export
+from modeltrail.core.projections.snapshots import SqlSnapshots
 from modeltrail.core.projections.state import MemoryState, read_all
 from modeltrail.core.readmodel import ReadModel
 from modeltrail.core.refs import LATEST, Ref, Target, check_file_path, check_name
@@ -94,6 +95,7 @@ def open(
         Path(database.path).parent.mkdir(parents=True, exist_ok=True)
     engine = Engine(database, clock=clock or system_clock)
     engine.prepare()
+    engine.runner.snapshots = SqlSnapshots(database, engine.log, engine.runner, engine.clock)
     return Registry(settings, engine, database.reader())
 
 

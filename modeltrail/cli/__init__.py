@@ -620,6 +620,7 @@ def demo(ctx: click.Context, fresh: bool) -> None:
 
 # Commands of other parts register here, each from its own module in this package
 # (one import line each, keeping this module the only place that knows them all).
+from modeltrail.cli import consumers as _consumers  # noqa: E402, F401
 from modeltrail.cli import spool as _spool  # noqa: E402, F401
 
 if __name__ == "__main__":

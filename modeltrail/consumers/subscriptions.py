@@ -33,6 +33,7 @@ from modeltrail.core.db import Database
 from modeltrail.core.events.envelope import Clock, Event, system_clock, to_datetime
 from modeltrail.core.events.log import LogFilter
 from modeltrail.core.refs import model_stream, registered_stream
+from modeltrail.core.sidetables import ensure_table
 from modeltrail.errors import InvalidInput, ModeltrailError
 
 if TYPE_CHECKING:
@@ -213,27 +214,6 @@ def define_cursors_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("committed_at", sa.BigInteger, nullable=False),
         sa.Column("committed_by", sa.String(256), nullable=False),
     )
-
-
-_created: set[tuple[str, str]] = set()
-_created_lock = threading.Lock()
-
-
-def ensure_table(database: Database, define: Any) -> None:
-    """Creates a table of the consumers (not a projection table) when it is missing."""
-    import sqlalchemy as sa
-
-    metadata = sa.MetaData()
-    table: sa.Table = define(metadata)
-    key = (database.url, table.name)
-    with _created_lock:
-        if key in _created and database.exists():
-            return
-        with database.transaction() as tx:
-            if tx.dialect == "postgresql":
-                tx.run("SELECT pg_advisory_xact_lock(7400193)")  # one creator at a time
-            metadata.create_all(tx.connection, checkfirst=True)
-        _created.add(key)
 
 
 class SqlFeed:

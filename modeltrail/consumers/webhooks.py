@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from modeltrail.consumers.subscriptions import EventFilter, ensure_table, event_document
+from modeltrail.consumers.subscriptions import EventFilter, event_document
 from modeltrail.core import commands as cmd
 from modeltrail.core.batch import Batch
 from modeltrail.core.db import Database
@@ -62,6 +62,7 @@ from modeltrail.core.projections.webhooks import (
     WebhookRow,
 )
 from modeltrail.core.refs import check_name
+from modeltrail.core.sidetables import ensure_table
 from modeltrail.errors import AlreadyExists, InvalidInput, InvalidName, LogUnavailable, NotFound
 
 if TYPE_CHECKING:

@@ -1,0 +1,157 @@
+"""Runs a shell command once per event of a subscription (``modeltrail subscribe --exec``).
+
+The command gets the event as JSON on its standard input and as ``MODELTRAIL_*``
+environment variables. Exit status 0 commits the event; anything else is retried after
+an exponential backoff, so a deploy script that fails is run again until it succeeds
+(or ``max_attempts`` is reached, when the consumer stops without committing, so that the
+next start tries the same event first).
+
+Stopping: ``stop()`` (the CLI calls it on SIGINT or SIGTERM) lets a running command
+finish, commits it if it succeeded, and returns; a second ``stop()`` terminates the
+command, which is then not committed. Either way nothing committed is lost and nothing
+handled is skipped: at worst the event that was running is run again on the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+
+from modeltrail.consumers.subscriptions import ALIAS_TYPES, Subscription, event_document
+from modeltrail.consumers.webhooks import Backoff
+from modeltrail.core.events.envelope import Event, to_datetime
+from modeltrail.errors import ModeltrailError
+
+MAX_ENV_JSON = 100_000
+"""Events whose JSON is longer go on standard input only (environments are small)."""
+
+
+def event_environment(event: Event, group: str, attempt: int) -> dict[str, str]:
+    """The ``MODELTRAIL_*`` variables a command is given for an event."""
+    env = {
+        "MODELTRAIL_GROUP": group,
+        "MODELTRAIL_ATTEMPT": str(attempt),
+        "MODELTRAIL_EVENT_ID": str(event.event_id),
+        "MODELTRAIL_EVENT_TYPE": event.type,
+        "MODELTRAIL_EVENT_POSITION": str(event.position),
+        "MODELTRAIL_EVENT_STREAM": event.stream,
+        "MODELTRAIL_EVENT_NAMESPACE": event.namespace,
+        "MODELTRAIL_EVENT_ACTOR": event.actor,
+        "MODELTRAIL_EVENT_RECORDED_AT": to_datetime(event.recorded_at).isoformat(),
+    }
+    if event.type in ALIAS_TYPES:
+        try:
+            data = event.data
+        except ModeltrailError:
+            return env
+        env["MODELTRAIL_ALIAS"] = data["alias"]
+        env["MODELTRAIL_OWNER"] = f"{event.namespace}/{data['owner']}"
+        env["MODELTRAIL_OWNER_KIND"] = data["owner_kind"]
+        env["MODELTRAIL_FROM"] = _ref(data, "from")
+        env["MODELTRAIL_TO"] = _ref(data, "to") if event.type == "AliasMoved" else ""
+    return env
+
+
+def _ref(data: dict[str, object], side: str) -> str:
+    model = data.get(f"{side}_model")
+    if model is None:
+        return ""
+    return f"{data[f'{side}_namespace']}/{model}:v{data[f'{side}_index']}"
+
+
+class ExecConsumer:
+    def __init__(
+        self,
+        subscription: Subscription,
+        command: str,
+        *,
+        backoff: Backoff | None = None,
+        max_attempts: int | None = None,
+        log: Callable[[str], None] = lambda _line: None,
+        poll_s: float = 0.2,
+    ) -> None:
+        self.subscription = subscription
+        self.command = command
+        self.backoff = backoff or Backoff(base_s=1.0, factor=2.0, max_s=60.0)
+        self.max_attempts = max_attempts
+        self.log = log
+        self.poll_s = poll_s
+        self.handled = 0
+        self._stop = threading.Event()
+        self._stops = 0
+        self._child: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        """First call: finish the running command, then return. Second: terminate it."""
+        self._stops += 1
+        self._stop.set()
+        child = self._child
+        if self._stops > 1 and child is not None and child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)  # the shell and what it started
+
+    def run(self, *, idle_timeout: float | None = None) -> int:
+        """Handles events until stopped (0), idle for ``idle_timeout`` seconds (0), or an
+        event failed ``max_attempts`` times (1)."""
+        idle = 0.0
+        while not self._stop.is_set():
+            event = self.subscription.poll(self.poll_s)
+            if event is None:
+                idle += self.poll_s
+                if idle_timeout is not None and idle >= idle_timeout:
+                    return 0
+                continue
+            idle = 0.0
+            if not self._handle(event):
+                return 0 if self._stop.is_set() else 1
+        return 0
+
+    def _handle(self, event: Event) -> bool:
+        document = json.dumps(event_document(event), ensure_ascii=False)
+        attempt = 0
+        while True:
+            attempt += 1
+            env = {**os.environ, **event_environment(event, self.subscription.group, attempt)}
+            if len(document) <= MAX_ENV_JSON:
+                env["MODELTRAIL_EVENT_JSON"] = document
+            status = self._run_child(document.encode() + b"\n", env)
+            label = f"position {event.position} {event.type} {event.stream}"
+            if status == 0:
+                self.subscription.commit()
+                self.handled += 1
+                self.log(f"{label}: done (attempt {attempt})")
+                return True
+            if self._stops > 1:
+                self.log(f"{label}: command terminated; the event comes again on the next start")
+                return False
+            if self.max_attempts is not None and attempt >= self.max_attempts:
+                self.log(
+                    f"{label}: failed {attempt} times (exit status {status}); stopping without "
+                    "committing it, so the next start runs it first"
+                )
+                return False
+            if self._stop.is_set():
+                self.log(f"{label}: failed (exit status {status}); stopped before retrying")
+                return False
+            delay = self.backoff.delay(attempt)
+            self.log(f"{label}: failed (exit status {status}); retrying in {delay:.1f}s")
+            if self._stop.wait(delay):
+                return False
+
+    def _run_child(self, stdin: bytes, env: dict[str, str]) -> int:
+        # The command may be a pipeline: a shell runs it, as cron and CI runners do. In a
+        # session of its own, so that a terminal's Ctrl-C reaches only this consumer,
+        # which decides whether the command finishes or is terminated.
+        self._child = subprocess.Popen(
+            self.command, shell=True, stdin=subprocess.PIPE, env=env, start_new_session=True
+        )
+        try:
+            self._child.communicate(stdin)
+            return self._child.returncode
+        finally:
+            self._child = None
