@@ -38,7 +38,7 @@ def _blob_exists(reg: mt.Registry, content: bytes) -> bool:
 
 
 def test_retention_purges_old_versions_that_hold_no_alias(
-    reg: mt.Registry, clock: ManualClock
+    reg: mt.Registry, clock: ManualClock, tmp_path: Path
 ) -> None:
     reg.log_version("m", {"shared": b"S", "only0": b"zero"})  # v0: old, no alias
     reg.log_version("m", {"w": b"one"}, aliases=["production"])  # v1: old, has an alias
@@ -62,8 +62,8 @@ def test_retention_purges_old_versions_that_hold_no_alias(
     assert reg.get("m:v0").purged
     assert [f.path for f in reg.get("m:v0").files] == ["only0", "shared"]  # metadata stays
     with pytest.raises(NotFound, match="purged"):
-        reg.download("m:v0", "out")
-    reg.download("m:v4", "out")  # the shared blob is intact
+        reg.download("m:v0", tmp_path / "v0")
+    reg.download("m:v4", tmp_path / "v4")  # the shared blob is intact
 
     again = jobs.retention(reg, days=30)
     assert again.purged == []
