@@ -18,8 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from modeltrail.core.commands import personal_namespace
-from modeltrail.core.refs import check_name
+from modeltrail.core.refs import check_name, personal_namespace
 from modeltrail.errors import InvalidInput
 
 

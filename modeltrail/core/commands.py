@@ -10,7 +10,6 @@ where an alias comes from, whether a manifest is new).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +37,7 @@ from modeltrail.core.refs import (
     inference_stream,
     model_stream,
     namespace_stream,
+    personal_namespace,
     registered_stream,
     run_stream,
 )
@@ -58,12 +58,6 @@ class FileEntry:
     path: str
     size: int
     sha256: str
-
-
-def personal_namespace(actor: str) -> str:
-    """The namespace an actor owns: the actor's name made into a valid name."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "-", actor).lstrip("._-")[:128]
-    return name or "default"
 
 
 def manifest_digest(files: Sequence[FileEntry]) -> str:

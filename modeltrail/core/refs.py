@@ -142,3 +142,9 @@ def check_file_path(path: object) -> str:
             f"file name {path[:40]!r}… is invalid: file names are at most 1024 characters"
         )
     return path
+
+
+def personal_namespace(actor: str) -> str:
+    """The namespace an actor owns: the actor's name made into a valid name."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", actor).lstrip("._-")[:128]
+    return name or "default"

@@ -14,9 +14,6 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any, cast
 
-from fastavro import parse_schema, schemaless_reader, schemaless_writer
-from fastavro.schema import fingerprint, to_parsing_canonical_form
-
 from modeltrail import schemas
 from modeltrail.core.events.envelope import Event
 from modeltrail.errors import IntegrityError, InvalidInput, UnknownSchema
@@ -25,7 +22,14 @@ MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 """The largest payload one event may carry; larger data belongs in the blob store."""
 
 
+# fastavro is imported where a codec is first built, not with this module: a command
+# line that only reads the projections never encodes or decodes a payload.
+
+
 def schema_fingerprint(raw: Mapping[str, Any]) -> bytes:
+    from fastavro import parse_schema
+    from fastavro.schema import fingerprint, to_parsing_canonical_form
+
     canonical = to_parsing_canonical_form(parse_schema(dict(raw), _write_hint=False))
     return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
 
@@ -33,6 +37,8 @@ def schema_fingerprint(raw: Mapping[str, Any]) -> bytes:
 def _parsed(raw: Mapping[str, Any]) -> Any:
     # With the write hint fastavro knows the schema is parsed; without it, it parses the
     # schema again on every read and write (2.5x slower for a VersionLogged).
+    from fastavro import parse_schema
+
     return parse_schema(dict(raw))
 
 
@@ -44,6 +50,10 @@ class Codec:
         current: Mapping[str, Mapping[str, Any]],
         released: Sequence[tuple[str, Mapping[str, Any]]] = (),
     ) -> None:
+        from fastavro import schemaless_reader, schemaless_writer
+
+        self._read = schemaless_reader
+        self._write = schemaless_writer
         self._writers: dict[str, tuple[bytes, Any]] = {}
         self._by_fingerprint: dict[bytes, tuple[str, Any]] = {}
         for type_, raw in current.items():
@@ -68,7 +78,7 @@ class Codec:
         fp, parsed = self._writer(type_)
         buffer = io.BytesIO()
         try:
-            schemaless_writer(buffer, parsed, data, strict_allow_default=True)
+            self._write(buffer, parsed, data, strict_allow_default=True)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise InvalidInput(
                 f"{type_} payload {dict(data)!r} does not fit its schema: {exc}"
@@ -99,7 +109,7 @@ class Codec:
         current_fp, reader = self._writers[type_]
         buffer = io.BytesIO(payload)
         try:
-            data: Any = schemaless_reader(
+            data: Any = self._read(
                 buffer, writer, None if fingerprint_ == current_fp else reader
             )
         except Exception as exc:  # fastavro raises many types on truncated or corrupt bytes
