@@ -127,7 +127,7 @@ def event_json(event: Event) -> dict[str, Any]:
         "recorded_at": to_datetime(event.recorded_at).isoformat(),
         "hash": event.hash.hex(),
         "prev_hash": event.prev_hash.hex(),
-        "data": data,
+        "data": _plain(data),  # bytes fields (packed inference arrays) as hex
     }
 
 

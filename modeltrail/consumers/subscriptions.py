@@ -64,8 +64,19 @@ def event_document(event: Event) -> dict[str, Any]:
         "recorded_at": to_datetime(event.recorded_at).isoformat(),
         "hash": event.hash.hex(),
         "prev_hash": event.prev_hash.hex(),
-        "data": data,
+        "data": _jsonable(data),
     }
+
+
+def _jsonable(value: Any) -> Any:
+    """Payload values as JSON can hold them: bytes fields (packed arrays) as hex."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
