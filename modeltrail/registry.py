@@ -18,13 +18,12 @@ from modeltrail.core import commands as cmd
 from modeltrail.core.batch import Batch
 from modeltrail.core.blobs import BlobStore
 from modeltrail.core.db import Database, Query
-from modeltrail.core.engine import Engine
+from modeltrail.core.engine import Engine, RegistryEngine
 from modeltrail.core.events.envelope import Clock, Event, system_clock, to_micros
-from modeltrail.core.events.log import LogFilter, VerifyReport
+from modeltrail.core.events.log import EventLog, LogFilter, VerifyReport
 from modeltrail.core.events.sql_log import SqlLog
 from modeltrail.core.projections.runner import Progress, export
 from modeltrail.core.projections.snapshots import SqlSnapshots
-from modeltrail.core.projections.state import MemoryState, read_all
 from modeltrail.core.readmodel import ReadModel
 from modeltrail.core.refs import LATEST, Ref, Target, check_file_path, check_name
 from modeltrail.entities import (
@@ -69,10 +68,13 @@ def open(
     durability: str | None = None,
     clock: Clock | None = None,
     busy_timeout: float = 30.0,
+    kafka_prefix: str | None = None,
 ) -> Registry:
     """Opens (creating when needed) a registry; see ``modeltrail.config`` for defaults.
     ``busy_timeout``: seconds a write waits for a locked database before raising
-    ``LogUnavailable`` (trainers use a short one and spool instead of waiting)."""
+    ``LogUnavailable`` (trainers use a short one and spool instead of waiting).
+    With ``kafka``, the log is that broker's topics ``<kafka_prefix>.*`` and ``db`` is the
+    projection database its projector workers keep (see ``core/kafka_engine.py``)."""
     settings = Settings.resolve(
         home,
         db=db,
@@ -81,11 +83,8 @@ def open(
         actor=actor,
         namespace=namespace,
         durability=durability,
+        kafka_prefix=kafka_prefix,
     )
-    if settings.kafka:
-        raise InvalidInput(
-            f"kafka={settings.kafka!r}: this build has no Kafka log; use the SQL log (db=…)"
-        )
     database = Database(
         settings.db,
         durability=settings.durability,  # type: ignore[arg-type]
@@ -93,6 +92,13 @@ def open(
     )
     if database.path is not None:
         Path(database.path).parent.mkdir(parents=True, exist_ok=True)
+    if settings.kafka:
+        from modeltrail.core.kafka_engine import open_kafka_engine
+
+        kafka_engine = open_kafka_engine(
+            database, settings.kafka, prefix=settings.kafka_prefix, clock=clock or system_clock
+        )
+        return Registry(settings, kafka_engine, database.reader())
     engine = Engine(database, clock=clock or system_clock)
     engine.prepare()
     engine.runner.snapshots = SqlSnapshots(database, engine.log, engine.runner, engine.clock)
@@ -105,7 +111,7 @@ class Registry:
     def __init__(
         self,
         settings: Settings,
-        engine: Engine | None,
+        engine: RegistryEngine | None,
         query: Query,
         *,
         until: int | None = None,
@@ -529,11 +535,14 @@ class Registry:
             parsed = self._ref(model)
             owner = (parsed.ns, parsed.name)
         engine = self._require_engine()
+        log = engine.log
+        if not isinstance(log, SqlLog):
+            raise InvalidInput("subscriptions follow the SQL log: this registry's log is Kafka")
         where = EventFilter.build(
             types=types, owner=owner, alias=alias, known_types=engine.codec.types
         )
         feed = SqlFeed(
-            engine.log,
+            log,
             SqlCursors(engine.database, engine.clock),
             group,
             where.log_filter,
@@ -554,13 +563,10 @@ class Registry:
         """A read-only registry as it was at a position or a moment (by append time)."""
         from modeltrail.core.projections.as_of import memory_query
 
-        engine = self._require_engine()
-        position = when if isinstance(when, int) else engine.log.position_at(to_micros(when))
-        if self._until is not None:
-            position = min(position, self._until)
-        state = engine.runner.fold_log(engine.log, until=position)
-        query = memory_query(state, engine.runner.specs)
-        return Registry(self.settings, engine, query, until=position)
+        past, position = self._require_engine().past(when, self._until)
+        state = past.runner.fold_log(past.log, until=position)
+        query = memory_query(state, past.runner.specs)
+        return Registry(self.settings, past, query, until=position)
 
     def verify(self) -> VerifyReport:
         """Checks every hash chain, that every payload decodes with a known schema, and that
@@ -594,7 +600,7 @@ class Registry:
 
     def close(self) -> None:
         if self._engine is not None and self._until is None:
-            self._engine.database.dispose()
+            self._engine.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -605,10 +611,10 @@ class Registry:
     # -- internals -------------------------------------------------------------------
 
     @property
-    def _log(self) -> SqlLog:
+    def _log(self) -> EventLog:
         return self._require_engine().log
 
-    def _require_engine(self) -> Engine:
+    def _require_engine(self) -> RegistryEngine:
         if self._engine is None:
             raise ReadOnly("this registry has no log attached")
         return self._engine
@@ -680,20 +686,8 @@ class Registry:
                 progress(size)
         return entries
 
-    def _projection_drift(self, engine: Engine, events: list[Event]) -> list[str]:
-        fresh = MemoryState()
-        engine.runner.apply_tolerant(fresh, events)
-        problems = []
-        for spec in engine.runner.specs:
-            live = list(read_all(self._read.query, spec))
-            rebuilt = sorted(fresh.rows(spec), key=spec.key_of)
-            if live != rebuilt:
-                problems.append(
-                    f"projection table {spec.name} differs from a fresh fold of the log "
-                    f"({len(live)} rows live, {len(rebuilt)} rebuilt): "
-                    "run `modeltrail project --rebuild`"
-                )
-        return problems
+    def _projection_drift(self, engine: RegistryEngine, events: list[Event]) -> list[str]:
+        return engine.drift(self._read.query, events)
 
 
 def _collect(files: Files) -> dict[str, str | os.PathLike[str] | bytes]:

@@ -50,6 +50,16 @@ class _Group(click.Group):
     envvar="MODELTRAIL_DURABILITY",
     help="SQLite synchronous level: normal (default) or full (fsync every commit).",
 )
+@click.option(
+    "--kafka",
+    envvar="MODELTRAIL_KAFKA",
+    help="Kafka bootstrap HOST:PORT: the log is Kafka, --db the projection database.",
+)
+@click.option(
+    "--kafka-prefix",
+    envvar="MODELTRAIL_KAFKA_PREFIX",
+    help="Topic name prefix on Kafka [modeltrail].",
+)
 @click.version_option(package_name="modeltrail")
 @click.pass_context
 def main(ctx: click.Context, /, **options: Any) -> None:
@@ -594,12 +604,22 @@ def verify(ctx: click.Context, as_json: bool) -> None:
 @click.option(
     "--export", "export_to", type=click.Path(), help="Write the projections as JSON lines."
 )
+@click.option("--once", is_flag=True, help="Kafka: catch up to the log's end, then exit.")
+@click.option("--group", default="modeltrail-projector", help="Kafka: projector group name.")
 @click.pass_context
-def project(ctx: click.Context, rebuild: bool, export_to: str | None) -> None:
-    """Bring the projections up to date with the log (or rebuild them)."""
+def project(
+    ctx: click.Context, rebuild: bool, export_to: str | None, once: bool, group: str
+) -> None:
+    """Bring the projections up to date with the log (or rebuild them). With --kafka, run
+    a projector worker until SIGINT/SIGTERM (several may share the work)."""
     registry = _registry(ctx)
-    if rebuild:
-        with _progress("replaying", registry.head()) as advance:
+    if ctx.obj.get("kafka") and not (rebuild or once):
+        from modeltrail.cli.kafka import run_projector
+
+        run_projector(registry, group)
+    elif rebuild:
+        total = None if ctx.obj.get("kafka") else registry.head()  # Kafka: per partition
+        with _progress("replaying", total) as advance:
             position = registry.rebuild(progress=advance)
         click.echo(f"rebuilt projections to position {position}")
     else:
@@ -621,6 +641,7 @@ def demo(ctx: click.Context, fresh: bool) -> None:
 # Commands of other parts register here, each from its own module in this package
 # (one import line each, keeping this module the only place that knows them all).
 from modeltrail.cli import consumers as _consumers  # noqa: E402, F401
+from modeltrail.cli import kafka as _kafka  # noqa: E402, F401
 from modeltrail.cli import spool as _spool  # noqa: E402, F401
 
 if __name__ == "__main__":

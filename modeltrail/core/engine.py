@@ -10,23 +10,68 @@ because they commit together or not at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from datetime import datetime
+from typing import Protocol, TypeVar
 
 from modeltrail.core.batch import Batch
-from modeltrail.core.db import Database, Tx
+from modeltrail.core.db import Database, Query, Tx
 from modeltrail.core.events.codec import Codec, default_codec
-from modeltrail.core.events.envelope import Clock, Event, system_clock
+from modeltrail.core.events.envelope import Clock, Event, system_clock, to_micros
+from modeltrail.core.events.log import EventLog
 from modeltrail.core.events.seal import Sealer
 from modeltrail.core.events.sql_log import SqlLog, define_log_table
 from modeltrail.core.projections.catalog import default_projections
 from modeltrail.core.projections.ddl import define_tables, schema_fingerprint
 from modeltrail.core.projections.fold import Folder, Projection
 from modeltrail.core.projections.runner import Progress, Runner
-from modeltrail.core.projections.state import SqlState
-from modeltrail.errors import IntegrityError
+from modeltrail.core.projections.state import MemoryState, SqlState, read_all
+from modeltrail.errors import IntegrityError, InvalidInput
 
 T = TypeVar("T")
 META_TABLE = "modeltrail_meta"
+
+
+class RegistryEngine(Protocol):
+    """What a ``Registry`` needs from an engine: the embedded ``Engine`` (SQL log and
+    projections in one database) or ``kafka_engine.KafkaEngine`` (a Kafka log and a
+    shared projection database)."""
+
+    @property
+    def database(self) -> Database: ...
+
+    @property
+    def log(self) -> EventLog: ...
+
+    @property
+    def runner(self) -> Runner: ...
+
+    @property
+    def codec(self) -> Codec: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def prepare(self) -> None: ...
+
+    def write(self, decide: Callable[[Batch], T], *, actor: str) -> tuple[T, list[Event]]:
+        """Runs a command: decides, appends one batch; returns the result and the events."""
+        ...
+
+    def rebuild(self, progress: Progress | None = None) -> int: ...
+
+    def catch_up(self) -> int: ...
+
+    def past(self, when: datetime | int, within: int | None = None) -> tuple[RegistryEngine, int]:
+        """The engine reading the log as it was at a moment or position (read-only), and
+        the last position it shows."""
+        ...
+
+    def drift(self, query: Query, events: Sequence[Event]) -> list[str]:
+        """How the projection read through ``query`` differs from a fresh fold of the
+        log (``events``: the log as just read for ``verify``)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Engine:
@@ -93,6 +138,28 @@ class Engine:
             state.flush()
             return position
 
+    def past(self, when: datetime | int, within: int | None = None) -> tuple[Engine, int]:
+        position = when if isinstance(when, int) else self.log.position_at(to_micros(when))
+        return self, position if within is None else min(position, within)
+
+    def drift(self, query: Query, events: Sequence[Event]) -> list[str]:
+        fresh = MemoryState()
+        self.runner.apply_tolerant(fresh, events)
+        problems = []
+        for spec in self.runner.specs:
+            live = list(read_all(query, spec))
+            rebuilt = sorted(fresh.rows(spec), key=spec.key_of)
+            if live != rebuilt:
+                problems.append(
+                    f"projection table {spec.name} differs from a fresh fold of the log "
+                    f"({len(live)} rows live, {len(rebuilt)} rebuilt): "
+                    "run `modeltrail project --rebuild`"
+                )
+        return problems
+
+    def close(self) -> None:
+        self.database.dispose()
+
     def _stored_fingerprint(self) -> str | None:
         if not self.database.exists():
             return None
@@ -119,6 +186,11 @@ class Engine:
         )
         projection_tables = define_tables(metadata, self.runner.specs)
         metadata.create_all(tx.connection)
+        if tx.one(f"SELECT value FROM {META_TABLE} WHERE key = 'kafka_projections'"):
+            raise InvalidInput(
+                f"database {self.database.url!r} holds the projection of a Kafka log: open it "
+                "with kafka=… (MODELTRAIL_KAFKA), or use another database for an embedded log"
+            )
         stored = tx.one(f"SELECT value FROM {META_TABLE} WHERE key = 'projections'")
         if stored is not None and stored[0] == self.fingerprint:
             return  # another process got here first

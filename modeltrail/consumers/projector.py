@@ -1,0 +1,179 @@
+"""The projector worker: keeps a projection database up to date with a Kafka log.
+
+Workers join one consumer group over both topics, so the partitions are shared out
+among however many run (each partition to one worker at a time; a worker that stops
+hands its partitions to the others). For every poll a worker applies the records in one
+transaction of the projection database, checkpoints included (``KafkaEngine.apply``),
+and commits the Kafka offsets only after that transaction: the offsets in Kafka are
+for monitoring tools, the checkpoints in the database are what counts. On assignment a
+worker seeks each partition to the record after its stored checkpoint, so a worker
+killed at any moment, even with SIGKILL in the middle of a transaction, resumes exactly
+where the last commit left the projection.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kafka import ConsumerRebalanceListener
+
+from modeltrail.core.events.kafka_log import Record, offset_of
+from modeltrail.core.kafka_engine import KafkaEngine
+from modeltrail.errors import LogUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "modeltrail-projector"
+
+
+class Projector:
+    """One worker of a projector group; ``run`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        engine: KafkaEngine,
+        *,
+        group: str = DEFAULT_GROUP,
+        max_records: int = 2000,
+        poll_ms: int = 100,
+        session_timeout_ms: int = 10_000,
+        on_batch: Callable[[list[Record]], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.group = group
+        self.max_records = max_records
+        self.poll_ms = poll_ms
+        self.session_timeout_ms = session_timeout_ms
+        self.on_batch = on_batch
+        """Called after each committed batch (progress reports, tests)."""
+        self.applied = 0
+        """Records applied by this worker so far."""
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Asks ``run`` to return after the batch in hand (safe from a signal handler)."""
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def wait(self, seconds: float) -> None:
+        """Sleeps, waking early when stopped."""
+        self._stop.wait(seconds)
+
+    def run(self, *, idle_s: float | None = None) -> int:
+        """Consumes and applies until stopped (or ``idle_s`` without a record); returns
+        the number of records applied. Leaves the group cleanly on the way out."""
+        from kafka import KafkaConsumer
+
+        kafka = self.engine.kafka
+        consumer = kafka._call(
+            lambda: KafkaConsumer(
+                bootstrap_servers=kafka.bootstrap,
+                group_id=self.group,
+                client_id=f"{self.group}-worker",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=self.max_records,
+                fetch_max_wait_ms=50,
+                # short enough that a killed worker's partitions move on soon
+                session_timeout_ms=self.session_timeout_ms,
+                heartbeat_interval_ms=min(1000, self.session_timeout_ms // 3),
+            ),
+            "cannot join the projector group",
+        )
+        try:
+            consumer.subscribe(list(kafka.topics.values()), listener=_Seeker(self, consumer))
+            idle_since = time.monotonic()
+            while not self._stop.is_set():
+                batch = consumer.poll(timeout_ms=self.poll_ms, max_records=self.max_records)
+                if not batch:
+                    if idle_s is not None and time.monotonic() - idle_since >= idle_s:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                records = [
+                    kafka.record(
+                        kafka.partition_name(tp.topic, tp.partition),
+                        m.offset,
+                        m.timestamp,
+                        m.value,
+                    )
+                    for tp, messages in batch.items()
+                    for m in messages
+                ]
+                reseek = self.engine.apply(records)
+                for partition, offset in reseek.items():
+                    consumer.seek(kafka.topic_partition(partition), offset)
+                self.applied += len(records)
+                self._commit(consumer)
+                if self.on_batch is not None:
+                    self.on_batch(records)
+        finally:
+            consumer.close()
+        return self.applied
+
+    def _commit(self, consumer: Any) -> None:
+        import kafka.errors as kerrors
+
+        try:
+            consumer.commit()
+        except kerrors.KafkaError as exc:  # a rebalance in progress: the database counts
+            log.info("offset commit skipped (%s); the projection's checkpoints are intact", exc)
+
+    def seek_to_checkpoints(self, consumer: Any, assigned: Any) -> None:
+        done = self.engine.checkpoints()
+        for tp in assigned:
+            name = self.engine.kafka.partition_name(tp.topic, tp.partition)
+            if done.get(name):
+                consumer.seek(tp, offset_of(done[name]) + 1)
+            else:
+                consumer.seek_to_beginning(tp)
+
+
+class _Seeker(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Seeks newly assigned partitions to the projection's checkpoints."""
+
+    def __init__(self, projector: Projector, consumer: Any) -> None:
+        self.projector = projector
+        self.consumer = consumer
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        pass  # every applied batch is already committed, in the database and in Kafka
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.projector.seek_to_checkpoints(self.consumer, assigned)
+
+
+@contextmanager
+def stop_on_signals(projector: Projector) -> Iterator[None]:
+    """SIGINT and SIGTERM stop the worker gracefully (the batch in hand is finished)."""
+    previous = {
+        sig: signal.signal(sig, lambda *_: projector.stop())
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_worker(engine: KafkaEngine, *, group: str = DEFAULT_GROUP, max_records: int = 2000) -> int:
+    """Runs one worker in the foreground until SIGINT or SIGTERM."""
+    projector = Projector(engine, group=group, max_records=max_records)
+    with stop_on_signals(projector):
+        while not projector.stopped:
+            try:
+                projector.run()
+            except LogUnavailable as exc:  # broker away: keep trying, the data waits
+                log.warning("%s; retrying in 2 s", exc)
+                projector.wait(2.0)
+    return projector.applied

@@ -1,0 +1,403 @@
+"""The team engine: commands appended to Kafka, decided and awaited on a shared projection.
+
+A command runs as: read the projection database (a read-only snapshot, never written
+back) -> emit onto a scratch overlay, which runs every fold rule and seals each event
+against the stream heads the projection knows -> append the batch as one Kafka record
+-> wait until the projection's checkpoint for that partition passes the record -> return,
+or raise the refusal the projector recorded as its original typed error.
+
+The projection database is written only by projectors (``apply``, ``catch_up``,
+``rebuild``), each transaction holding the rows, the mirrored events and the checkpoint
+together. On PostgreSQL a transaction first takes an advisory lock per partition, so
+workers that briefly share a partition during a rebalance (or a rebuild running beside
+them) apply each record exactly once: whoever comes second sees the first one's
+checkpoint and skips what it covers.
+
+Reads are SQL on the projection database, including the log itself: the projector
+mirrors every event it reads (``core/projections/records.py``), so ``events``, ``audit``,
+``as_of`` and ``verify`` work without the broker and use indexes instead of topic scans.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TypeVar
+
+from modeltrail import errors
+from modeltrail.core.batch import Batch
+from modeltrail.core.db import Database, Query, Tx
+from modeltrail.core.events.codec import Codec, default_codec
+from modeltrail.core.events.envelope import Clock, Event, system_clock, to_micros
+from modeltrail.core.events.kafka_log import KafkaLog, Record, offset_of
+from modeltrail.core.projections.catalog import default_projections
+from modeltrail.core.projections.ddl import define_tables, schema_fingerprint
+from modeltrail.core.projections.fold import Folder, Projection
+from modeltrail.core.projections.records import (
+    LOG_EVENTS,
+    LogEventRow,
+    MirrorLog,
+    RecordRunner,
+    event_from_mirror,
+)
+from modeltrail.core.projections.runner import Progress
+from modeltrail.core.projections.state import (
+    Key,
+    MemoryState,
+    Overlay,
+    RowT,
+    Spec,
+    SqlState,
+    read_all,
+    write_all,
+)
+from modeltrail.errors import IntegrityError, InvalidInput, LogUnavailable, ModeltrailError
+
+T = TypeVar("T")
+META_TABLE = "modeltrail_meta"
+META_KEY = "kafka_projections"
+CHUNK = 5000
+"""Events per projector transaction during a catch-up or a rebuild."""
+
+
+class KafkaEngine:
+    """Writes commands to a Kafka log; a projection database decides and answers reads."""
+
+    def __init__(
+        self,
+        database: Database,
+        kafka: KafkaLog,
+        *,
+        clock: Clock = system_clock,
+        projections: Sequence[Projection] | None = None,
+        codec: Codec | None = None,
+        wait_s: float = 30.0,
+    ) -> None:
+        self.database = database
+        self.kafka = kafka
+        self.clock = clock
+        self.codec = codec or default_codec()
+        self.folder = Folder(projections or default_projections(), self.codec)
+        self.runner = RecordRunner(self.folder)
+        self.log = MirrorLog(database, self.runner.name, append=self.append)
+        self.wait_s = wait_s
+        """How long a command waits for the projection to apply its record."""
+        from modeltrail.core.events.seal import Sealer
+
+        self.sealer = Sealer(self.codec)
+        self.fingerprint = schema_fingerprint(self.runner.specs)
+
+    # -- setup -----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Creates missing topics and projection tables.
+
+        When the projection tables' shape changed, they are recreated empty: projector
+        workers (restarted after the upgrade) then fold the log again from offset 0."""
+        self.kafka.ensure_topics()
+        with self.database.transaction() as tx:
+            self._create_schema(tx)
+
+    def _create_schema(self, tx: Tx) -> None:
+        import sqlalchemy as sa
+
+        if tx.dialect == "postgresql":
+            tx.run("SELECT pg_advisory_xact_lock(7400192)")  # one schema creator at a time
+        metadata = sa.MetaData()
+        sa.Table(
+            META_TABLE,
+            metadata,
+            sa.Column("key", sa.String(64), primary_key=True),
+            sa.Column("value", sa.Text, nullable=False),
+        )
+        tables = define_tables(metadata, self.runner.specs)
+        metadata.create_all(tx.connection)
+        if tx.one(f"SELECT value FROM {META_TABLE} WHERE key = 'projections'") is not None:
+            raise InvalidInput(
+                f"database {self.database.url!r} holds an embedded registry (its own SQL log): "
+                "a Kafka projection needs a database of its own"
+            )
+        wanted = f"{self.kafka.prefix} {self.fingerprint}"
+        stored = tx.one(f"SELECT value FROM {META_TABLE} WHERE key = ?", (META_KEY,))
+        if stored is not None and stored[0] == wanted:
+            return
+        if stored is not None:
+            prefix = str(stored[0]).rsplit(" ", 1)[0]
+            if prefix != self.kafka.prefix:
+                raise InvalidInput(
+                    f"database {self.database.url!r} projects the topics of prefix {prefix!r}, "
+                    f"not {self.kafka.prefix!r}: one projection database per log"
+                )
+            for table in reversed(tables):
+                table.drop(tx.connection, checkfirst=True)
+            metadata.create_all(tx.connection, tables=tables)
+        tx.run(f"DELETE FROM {META_TABLE} WHERE key = ?", (META_KEY,))
+        tx.run(f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?)", (META_KEY, wanted))
+
+    # -- commands --------------------------------------------------------------------
+
+    def write(self, decide: Callable[[Batch], T], *, actor: str) -> tuple[T, list[Event]]:
+        """Decides on the projection, appends one record, waits for the projection's
+        verdict; returns the command's result and the events as placed in the log."""
+        with self._snapshot() as query:
+            batch = Batch(
+                Overlay(_CommittedRows(query)),
+                self.folder,
+                self.sealer,
+                actor=actor,
+                recorded_at=self.clock(),
+                query=query,
+            )
+            result = decide(batch)
+        return result, self.append(batch.events)
+
+    def append(self, events: Sequence[Event]) -> list[Event]:
+        """Appends a sealed batch as one record and waits for the projection's verdict."""
+        if not events:
+            return []
+        return self.await_applied(self.kafka.append(events))
+
+    def await_applied(self, placed: Sequence[Event], timeout_s: float | None = None) -> list[Event]:
+        """Waits until the projection has applied the record holding ``placed``; returns
+        the events where the log keeps them (a retried batch: where it first landed) or
+        raises the refusal the projector recorded."""
+        partition, last = placed[0].partition, placed[-1].position
+        reader = self.database.reader()
+        wait_s = self.wait_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait_s
+        delay = 0.0005
+        while True:
+            done = reader.one(
+                "SELECT position FROM checkpoints WHERE name = ? AND partition = ?",
+                (self.runner.name, partition),
+            )
+            if done is not None and done[0] >= last:
+                return self.outcome(placed, reader)
+            if time.monotonic() > deadline:
+                raise LogUnavailable(
+                    f"the batch at {partition} offset {offset_of(last)} is in the Kafka log, but "
+                    f"the projection in {self.database.url!r} has not applied it after "
+                    f"{wait_s:g}s (it is at {0 if done is None else offset_of(done[0])}): is a "
+                    "projector running (`modeltrail --kafka … --db … project`)? The batch takes "
+                    "effect, or is rejected, when it is projected"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def outcome(self, placed: Sequence[Event], reader: Query) -> list[Event]:
+        """What the projection made of an applied record (see ``await_applied``)."""
+        first = placed[0]
+        rejected = reader.one(
+            "SELECT reason FROM rejections WHERE partition = ? AND position = ?",
+            (first.partition, first.position),
+        )
+        if rejected is not None:
+            raise refusal(str(rejected[0]))
+        accepted = reader.one(
+            "SELECT partition, position FROM log_records WHERE event_id = ?",
+            (first.event_id.bytes,),
+        )
+        if accepted is None:
+            raise IntegrityError(
+                f"the batch at {first.partition} position {first.position} was projected but is "
+                "neither accepted nor rejected: the projection is damaged; rebuild it"
+            )
+        if (accepted[0], accepted[1]) == (first.partition, first.position):
+            return list(placed)
+        rows = reader.rows(  # a retried batch: the log keeps the first copy
+            f"SELECT {', '.join(LOG_EVENTS.columns)} FROM log_events WHERE partition = ? "
+            "AND position >= ? AND position < ? ORDER BY position",
+            (accepted[0], accepted[1], accepted[1] + len(placed)),
+        )
+        return [event_from_mirror(r) for r in rows]
+
+    # -- projecting ------------------------------------------------------------------
+
+    def apply(self, records: Sequence[Record]) -> dict[str, int]:
+        """Applies consumed records in one transaction with their checkpoints.
+
+        Records at or below a partition's checkpoint are skipped (already applied). A
+        record past the checkpoint's successor means the consumer is ahead of the
+        database (it was rebuilt or reset meanwhile): that partition stops there, and the
+        offset to seek back to is returned."""
+        by_partition: dict[str, list[Record]] = {}
+        for record in records:
+            by_partition.setdefault(record.partition, []).append(record)
+        reseek: dict[str, int] = {}
+        with self.database.transaction() as tx:
+            state = SqlState(tx)
+            mirror: list[LogEventRow] = []
+            for partition in sorted(by_partition):  # one lock order: no deadlocks
+                self._lock(tx, partition)
+                done = self.runner.checkpoint(state, partition)
+                following = offset_of(done) + 1 if done else None
+                for record in sorted(by_partition[partition], key=lambda r: r.offset):
+                    if following is not None and record.offset < following:
+                        continue
+                    if following is not None and record.offset > following:
+                        reseek[partition] = following
+                        break
+                    self.runner.apply_record(state, record, mirror.append)
+                    following = record.offset + 1
+            state.flush()
+            _insert(tx, LOG_EVENTS, mirror)
+        return reseek
+
+    def checkpoints(self) -> dict[str, int]:
+        """The last position the projection applied, per partition."""
+        return self.log.checkpoints()
+
+    def catch_up(self, progress: Progress | None = None) -> int:
+        """Applies every record the projection has not seen, up to the log's end now;
+        returns the largest position reached. A one-shot projector (no consumer group)."""
+        done = self.log.checkpoints()
+        ranges = {
+            p: (offset_of(done[p]) + 1 if done.get(p) else 0, end)
+            for p, end in self.kafka.end_offsets().items()
+        }
+        for chunk in _chunks(self.kafka.records(ranges)):
+            self.apply(chunk)
+            if progress:
+                progress(sum(len(r.events) for r in chunk))
+        return self.log.head()
+
+    def rebuild(self, progress: Progress | None = None) -> int:
+        """Folds the whole Kafka log again, from offset 0 of every partition, into fresh
+        projection tables; running projectors wait meanwhile and then carry on."""
+        with self.database.transaction() as tx:
+            names = self.kafka.partition_names()
+            for partition in sorted(names):
+                self._lock(tx, partition)
+            ends = self.kafka.end_offsets(names)
+            state = MemoryState()
+
+            def sink(row: LogEventRow) -> None:
+                state.put(LOG_EVENTS, row)
+
+            for chunk in _chunks(self.kafka.records({p: (0, end) for p, end in ends.items()})):
+                for record in chunk:
+                    self.runner.apply_record(state, record, sink)
+                if progress:
+                    progress(sum(len(r.events) for r in chunk))
+            write_all(tx, state, self.runner.specs)
+            return max((self.runner.checkpoint(state, p) for p in names), default=0)
+
+    # -- reading the past ------------------------------------------------------------
+
+    def past(self, when: datetime | int, within: int | None = None) -> tuple[KafkaEngine, int]:
+        """This engine reading the log as it was at a moment (in each partition, what
+        was appended by then) or at a position (bounding every partition alike)."""
+        if isinstance(when, datetime):
+            cut = self.log.cut_at_time(to_micros(when))
+        else:
+            cut = {p: min(pos, when) for p, pos in self.log.bounds().items()}
+        if within is not None:
+            cut = {p: min(pos, within) for p, pos in cut.items()}
+        view = copy.copy(self)
+        view.log = self.log.at(cut)
+        return view, view.log.head()
+
+    def drift(self, query: Query, events: Sequence[Event]) -> list[str]:
+        """Differences between the projection and a fresh fold of the Kafka log up to the
+        projection's checkpoints (``events``, the accepted ones, are not enough: the
+        projection also holds what it rejected)."""
+        with self._snapshot() as snapshot:
+            done = self.log.checkpoints(snapshot)
+            live = {spec.name: list(read_all(snapshot, spec)) for spec in self.runner.specs}
+        fresh = MemoryState()
+
+        def sink(row: LogEventRow) -> None:
+            fresh.put(LOG_EVENTS, row)
+
+        ranges = {p: (0, offset_of(pos) + 1) for p, pos in done.items()}
+        for record in self.kafka.records(ranges):
+            self.runner.apply_record(fresh, record, sink)
+        problems = []
+        for spec in self.runner.specs:
+            rebuilt = sorted(fresh.rows(spec), key=spec.key_of)
+            if live[spec.name] != rebuilt:
+                problems.append(
+                    f"projection table {spec.name} differs from a fresh fold of the Kafka log "
+                    f"({len(live[spec.name])} rows live, {len(rebuilt)} rebuilt): "
+                    "run `modeltrail --kafka … project --rebuild`"
+                )
+        return problems
+
+    def close(self) -> None:
+        self.kafka.close()
+        self.database.dispose()
+
+    # -- internals -------------------------------------------------------------------
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Query]:
+        """One consistent view of the projection (REPEATABLE READ on PostgreSQL)."""
+        if self.database.path is not None:
+            with self.database.snapshot() as query:
+                yield query
+            return
+        with self.database.engine.connect() as plain:
+            connection = plain.execution_options(isolation_level="REPEATABLE READ")
+            with connection.begin():
+                yield Tx(connection, self.database.dialect)
+
+    def _lock(self, tx: Tx, partition: str) -> None:
+        if tx.dialect == "postgresql":
+            digest = hashlib.sha256(f"modeltrail {self.runner.name} {partition}".encode()).digest()
+            tx.run("SELECT pg_advisory_xact_lock(?)", (int.from_bytes(digest[:8], signed=True),))
+
+
+def open_kafka_engine(
+    database: Database, bootstrap: str, *, prefix: str, clock: Clock = system_clock
+) -> KafkaEngine:
+    """A prepared engine over the topics ``<prefix>.*`` at ``bootstrap``."""
+    engine = KafkaEngine(database, KafkaLog(bootstrap, prefix=prefix), clock=clock)
+    engine.prepare()
+    return engine
+
+
+class _CommittedRows:
+    """Projection rows as committed, read through a snapshot; commands never write them."""
+
+    def __init__(self, query: Query) -> None:
+        self.query = query
+
+    def get(self, spec: Spec, key: Key) -> RowT | None:
+        found = self.query.one(spec.select_sql, key)
+        return None if found is None else spec.row._make(found)
+
+    def put(self, spec: Spec, row: RowT) -> None:
+        raise TypeError("a command's state is read-only: the projector writes the projection")
+
+    def delete(self, spec: Spec, key: Key) -> None:
+        raise TypeError("a command's state is read-only: the projector writes the projection")
+
+
+def refusal(reason: str) -> ModeltrailError:
+    """A recorded rejection (``"ClassName: message"``) as its original typed error."""
+    name, _, message = reason.partition(": ")
+    kind = getattr(errors, name, None)
+    if isinstance(kind, type) and issubclass(kind, ModeltrailError):
+        return kind(message)
+    return IntegrityError(reason)
+
+
+def _chunks(records: Iterator[Record]) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    count = 0
+    for record in records:
+        chunk.append(record)
+        count += max(len(record.events), 1)
+        if count >= CHUNK:
+            yield chunk
+            chunk, count = [], 0
+    if chunk:
+        yield chunk
+
+
+def _insert(tx: Tx, spec: Spec, rows: Sequence[RowT]) -> None:
+    tx.run_many(spec.insert_sql, rows)
