@@ -168,12 +168,7 @@ def webhook_list(ctx: click.Context, include_removed: bool, as_json: bool) -> No
             (
                 h.webhook_id,
                 h.url,
-                " ".join(
-                    p
-                    for p in (h.owner or "", h.alias and f"alias={h.alias}", ",".join(h.types))
-                    if p
-                )
-                or "every event",
+                _filter_text(h),
                 h.delivered,
                 h.failed,
                 h.done_through,
@@ -182,6 +177,14 @@ def webhook_list(ctx: click.Context, include_removed: bool, as_json: bool) -> No
             for h in found
         ],
     )
+
+
+def _filter_text(hook: Any) -> str:
+    from modeltrail.consumers.subscriptions import ALIAS_TYPES
+
+    types = "" if hook.alias and set(hook.types) == ALIAS_TYPES else ",".join(hook.types)
+    parts = [hook.owner or "", f"alias={hook.alias}" if hook.alias else "", types]
+    return " ".join(p for p in parts if p) or "every event"
 
 
 @webhook.command("rm")
