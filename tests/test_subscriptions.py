@@ -196,7 +196,9 @@ def test_cursors_survive_a_projection_rebuild(reg: mt.Registry) -> None:
     assert _moves(_drain(reg.subscribe("deploy", alias="production"))) == [("m", "production", 1)]
 
 
-def test_a_group_resumes_in_another_process(home: Path, clock: ManualClock) -> None:
+def test_a_group_resumes_from_another_registry_on_the_same_home(
+    home: Path, clock: ManualClock
+) -> None:
     with mt.open(home, actor="alice", namespace="team", clock=clock) as one:
         _versions(one, "m", 2)
         one.set_alias("m:v0", "production")
