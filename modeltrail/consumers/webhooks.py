@@ -53,6 +53,7 @@ from modeltrail.core.batch import Batch
 from modeltrail.core.db import Database
 from modeltrail.core.events.envelope import Event, to_datetime
 from modeltrail.core.events.log import LogFilter
+from modeltrail.core.events.sql_log import SqlLog
 from modeltrail.core.projections.state import read_all
 from modeltrail.core.projections.webhooks import (
     WEBHOOK_DELIVERIES,
@@ -384,7 +385,13 @@ class WebhookSender:
         self.timeout_s = timeout_s
         self.poll_s = poll_s
         self.wall_clock = wall_clock
-        self.log = registry._require_engine().log
+        log = registry._require_engine().log
+        if not isinstance(log, SqlLog):
+            raise InvalidInput(
+                "the webhook sender follows the SQL log (one position order); this registry's "
+                f"log is {type(log).__name__}"
+            )
+        self.log = log
         self._progress: dict[str, _Progress] = {}
 
     def run(
