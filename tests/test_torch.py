@@ -417,3 +417,26 @@ def test_the_tracer_on_cuda_never_synchronises_the_training_thread(
     direct = int((out.argmax(1) == y).sum()) / len(y)
     assert result.n_samples == 128
     assert result.accuracy == direct
+
+
+def test_a_batch_over_the_event_limit_is_split_in_order(
+    reg: mt.Registry, tracers: list[ClassificationTracer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modeltrail.producers.torch as integration
+
+    monkeypatch.setattr(integration, "MAX_EVENT_SAMPLES", 4)
+    tracer = tracer_for(tracers, small_cnn(), reg, background=False)
+    tracer(*data(10), input_ids=torch.arange(10), n_epoch=0)
+    events = list(reg.events(types=["InferenceBatchRecorded"]))
+    assert [e.data["n_samples"] for e in events] == [4, 4, 2]
+    assert Evaluator("cnn", "v1", reg).request_evaluation(0).n_samples == 10
+
+
+def test_each_new_model_name_takes_one_of_the_quota(
+    reg: mt.Registry, tracers: list[ClassificationTracer]
+) -> None:
+    reg.set_quota("team", 1)
+    tracer_for(tracers, small_cnn(), reg)
+    tracer_for(tracers, small_cnn(), reg, run="v2")  # a new version_name: no new model
+    with pytest.raises(mt.errors.QuotaExceeded, match="quota is 1"):
+        ClassificationTracer(small_cnn(), "another_model", "v1", reg, background=False)

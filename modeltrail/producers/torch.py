@@ -71,6 +71,9 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "model.pt"
 STATE_FORMAT = "torch.save state_dict"
+MAX_EVENT_SAMPLES = 65_536
+"""Samples per event: a larger batch is recorded as several events (24 bytes a sample
+keeps each well under the codec's payload limit)."""
 TRAINER_BUSY_TIMEOUT_S = 2.0
 """How long a tracer's write waits for a locked database before spooling, when the
 tracer opens its own registry."""
@@ -308,9 +311,11 @@ class ClassificationTracer:
     synchronised at most once per batch, by the recording thread, not the trainer.
 
     Recording happens on a background thread by default (``background=False`` records
-    inside the call). Errors of a batch (labels out of range …) are raised by the next
-    call or by ``flush()``; an ``Evaluator`` of the same run flushes live tracers before
-    it reads. When the log cannot be reached, batches are spooled and training goes on.
+    inside the call); ``close()`` or leaving a ``with`` block stops it, and at exit every
+    live tracer is flushed. Errors of a batch (labels out of range …) are raised by the
+    next call or by ``flush()``; an ``Evaluator`` of the same run flushes live tracers
+    before it reads. When the log cannot be reached, batches are spooled and training
+    goes on. Each call is one event (batches over ``MAX_EVENT_SAMPLES`` are split).
     """
 
     def __init__(
@@ -518,26 +523,28 @@ class ClassificationTracer:
                 f"{classes - 1}"
             )
         ids = traced.input_ids if traced.input_ids is not None else values[4]
-        batch = {
-            "dataset_type": traced.dataset_type,
-            "n_epoch": traced.n_epoch,
-            "n_samples": len(labels),
-            "num_classes": classes,
-            "input_ids": ids.astype("<i8").tobytes(),
-            "labels": labels.tobytes(),
-            "predictions": predictions.tobytes(),
-            "losses": values[0].astype("<f4").tobytes(),
-            "confidences": values[1].astype("<f4").tobytes(),
-        }
         run = self.run
-        entry = self._outbox.entry(
-            "inference",
-            run.namespace,
-            {"model": run.model, "run": run.name, "batch": batch},
-            requires=run.opened_by,
-            at=traced.at,
-        )
-        self._outbox.submit(entry)
+        for start in range(0, len(labels), MAX_EVENT_SAMPLES):
+            part = slice(start, start + MAX_EVENT_SAMPLES)
+            batch = {
+                "dataset_type": traced.dataset_type,
+                "n_epoch": traced.n_epoch,
+                "n_samples": len(labels[part]),
+                "num_classes": classes,
+                "input_ids": ids[part].astype("<i8").tobytes(),
+                "labels": labels[part].tobytes(),
+                "predictions": predictions[part].tobytes(),
+                "losses": values[0][part].astype("<f4").tobytes(),
+                "confidences": values[1][part].astype("<f4").tobytes(),
+            }
+            entry = self._outbox.entry(
+                "inference",
+                run.namespace,
+                {"model": run.model, "run": run.name, "batch": batch},
+                requires=run.opened_by,
+                at=traced.at,
+            )
+            self._outbox.submit(entry)
 
 
 def _describe(value: Any) -> str:
