@@ -360,3 +360,33 @@ def test_spool_status_and_flush_from_the_shell(trainer: mt.Registry, home: Path)
         json.loads(shell.invoke(main, ["spool", "status", "--json"], env=env).output)["pending"]
         == 0
     )
+
+
+def test_a_spool_that_needs_a_person_warns_and_training_goes_on(trainer: mt.Registry) -> None:
+    run = trainer.run("m", "r")
+    spool = spool_of(trainer)
+    spool.append(
+        [
+            outbox_for(trainer).entry(
+                "inference", "team", {"model": "m", "run": "r", "batch": batch([1])}
+            )
+        ]
+    )
+    spool.directory.mkdir(parents=True, exist_ok=True)
+    forged = {
+        "event_id": str(uuid.uuid4()),
+        "type": "MetricsLogged",
+        "stream": "run:team/m/r",
+        "stream_version": 1,
+        "namespace": "team",
+        "recorded_at": 1,
+        "actor": "alice",
+        **dict.fromkeys(("prev_hash", "hash", "schema", "payload"), "AAAA"),
+    }
+    spool.cursor_path.write_text(
+        json.dumps({"done": 0, "in_flight": {"end": 1, "events": [forged]}})
+    )
+    with pytest.warns(RuntimeWarning, match="spool flush"):
+        assert submit_batch(trainer, run, [2]) is False
+    assert spool.status().pending == 2 and spool.status().in_flight == 1
+    assert recorded_ids(trainer) == []

@@ -47,6 +47,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -328,6 +329,7 @@ class Spool:
                 except (LogUnavailable, ConcurrencyConflict):
                     raise
                 except ModeltrailError:  # a rule refused one of them: find it
+                    cursor.in_flight = None  # the transaction rolled back: nothing landed
                     ok, bad = self._one_by_one(registry, cursor, entries, ends)
                     flushed += ok
                     rejected += bad
@@ -351,6 +353,7 @@ class Spool:
             except (LogUnavailable, ConcurrencyConflict):
                 raise
             except ModeltrailError as exc:
+                cursor.in_flight = None
                 self._reject(cursor, entry, end, f"{type(exc).__name__}: {exc}")
                 bad += 1
         return ok, bad
@@ -560,6 +563,14 @@ class Outbox:
             self.spool.flush(self.registry)
         except (LogUnavailable, ConcurrencyConflict):
             self._next_try = time.monotonic() + self.retry_s
+        except ModeltrailError as exc:  # the spool needs a person; training goes on
+            self._next_try = time.monotonic() + self.retry_s
+            warnings.warn(
+                f"the spool at {self.spool.directory} could not be flushed ({exc}); new "
+                "writes wait behind it: see `modeltrail spool status` and `spool flush`",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 _OUTBOXES: weakref.WeakKeyDictionary[Registry, Outbox] = weakref.WeakKeyDictionary()
