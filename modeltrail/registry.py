@@ -586,7 +586,13 @@ class Registry:
                     engine.codec.decode(event)
                 except ModeltrailError as exc:
                     report.problems.append(f"position {event.position}: {exc}")
-        if self._until is None:
+        if report.problems:
+            report.problems.append(
+                "the log itself fails verification, so its projections were not compared: "
+                "a rebuild would only fold the damaged log again; restore the log from a "
+                "replica or backup"
+            )
+        elif self._until is None:
             report.problems.extend(self._projection_drift(engine, events))
         return report
 

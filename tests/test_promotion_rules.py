@@ -215,3 +215,19 @@ def test_empty_rules_lift_them(reg: mt.Registry) -> None:
     reg.set_promotion_rules("m")
     assert reg.promotion_rules("m").stages == ()
     reg.set_alias("m:v1", "production")
+
+
+def test_the_command_line_moves_a_protected_alias_only_with_force(tmp_path: Path) -> None:
+    from tests.test_cli import cli
+
+    home = tmp_path / "home"
+    reg = mt.open(home, actor="alice", namespace="team")
+    reg.log_version("m", {"w": b"1"}, aliases=["production"])
+    reg.log_version("m", {"w": b"2"})
+    reg.set_promotion_rules("m", protected=["production"])
+    refused = cli(home, "alias", "set", "m:v1", "production", check=False)
+    assert refused.returncode == 2 and "PromotionRefused" in refused.stderr
+    cli(home, "alias", "set", "m:v1", "production", "--force")
+    assert reg.get("m:production").label == "v1"
+    cli(home, "alias", "rm", "m", "production", "--force")
+    assert "production" not in reg.model("m").aliases

@@ -50,7 +50,7 @@ def test_retention_purges_old_versions_that_hold_no_alias(
     reg.log_version("m", {"shared": b"S", "w": b"four"})  # v4: new (and latest)
     reg.log_version("other", {"w": b"other"})  # other:v0: old? no: new, and latest
 
-    result = jobs.retention(reg, days=30)
+    result = jobs.retention(reg, days=30, blob_grace_s=0)
     assert result.purged == ["team/m:v0", "team/m:v3"]
     assert result.blobs_deleted == 2  # "zero" and "three"; "S" is still used by v4
     assert not _blob_exists(reg, b"zero")
@@ -65,7 +65,7 @@ def test_retention_purges_old_versions_that_hold_no_alias(
         reg.download("m:v0", tmp_path / "v0")
     reg.download("m:v4", tmp_path / "v4")  # the shared blob is intact
 
-    again = jobs.retention(reg, days=30)
+    again = jobs.retention(reg, days=30, blob_grace_s=0)
     assert again.purged == []
     assert again.blobs_deleted == 0
 
@@ -379,3 +379,27 @@ def test_schedule_run_stops_cleanly_on_sigterm(home: Path, tmp_path: Path) -> No
             process.kill()
     assert process.returncode == 0
     assert "scheduler stopped" in rest
+
+
+def test_retention_keeps_a_blob_that_an_upload_just_reused(
+    reg: mt.Registry, clock: ManualClock
+) -> None:
+    """An upload reuses a stored blob before its version commits: retention running in
+    between finds the blob unreferenced but must leave it for the coming version."""
+    import os
+    import time
+
+    reg.log_version("m", {"w": b"weights"})
+    reg.log_version("m", {"w": b"newer"})
+    clock.advance(31 * DAY)
+    reg.log_version("m", {"w": b"newest"})
+    two_hours_ago = time.time() - 7200
+    for blob in (reg.blobs.root / "sha256").rglob("*"):
+        if blob.is_file():
+            os.utime(blob, (two_hours_ago, two_hours_ago))
+    reg.blobs.put_bytes(b"weights")  # an upload of the same content, its commit pending
+    result = jobs.retention(reg, days=30)
+    assert result.purged == ["team/m:v0", "team/m:v1"]
+    assert _blob_exists(reg, b"weights")  # reused a moment ago: inside the grace period
+    assert not _blob_exists(reg, b"newer")  # unused for two hours: gone
+    assert result.blobs_deleted == 1

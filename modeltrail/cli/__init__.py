@@ -120,25 +120,9 @@ def _when(moment: datetime) -> str:
 
 def event_json(event: Event) -> dict[str, Any]:
     """An event as JSON: the envelope and, when its schema is known, the payload."""
-    from modeltrail.core.events.envelope import to_datetime
+    from modeltrail.consumers.subscriptions import event_document
 
-    try:
-        data: Any = event.data
-    except ModeltrailError as exc:
-        data = {"undecodable": str(exc)}
-    return {
-        "position": event.position,
-        "event_id": str(event.event_id),
-        "type": event.type,
-        "stream": event.stream,
-        "stream_version": event.stream_version,
-        "namespace": event.namespace,
-        "actor": event.actor,
-        "recorded_at": to_datetime(event.recorded_at).isoformat(),
-        "hash": event.hash.hex(),
-        "prev_hash": event.prev_hash.hex(),
-        "data": _plain(data),  # bytes fields (packed inference arrays) as hex
-    }
+    return event_document(event)
 
 
 @contextmanager
@@ -361,21 +345,23 @@ def alias() -> None:
 @click.argument("ref")
 @click.argument("name")
 @click.option("--expected", help="Only move if the alias is at this version now.")
+@click.option("--force", is_flag=True, help="Move a protected alias (recorded as an override).")
 @click.pass_context
-def alias_set(ctx: click.Context, ref: str, name: str, expected: str | None) -> None:
+def alias_set(ctx: click.Context, ref: str, name: str, expected: str | None, force: bool) -> None:
     """Point alias NAME at the version REF names."""
     registry = _registry(ctx)
-    registry.set_alias(ref, name, expected=expected)
+    registry.set_alias(ref, name, expected=expected, force=force)
     click.echo(f"{name} -> {registry.get(ref).ref}")
 
 
 @alias.command("rm")
 @click.argument("model")
 @click.argument("name")
+@click.option("--force", is_flag=True, help="Remove a protected alias (recorded as an override).")
 @click.pass_context
-def alias_rm(ctx: click.Context, model: str, name: str) -> None:
+def alias_rm(ctx: click.Context, model: str, name: str, force: bool) -> None:
     """Remove alias NAME from MODEL (or a registered model)."""
-    _registry(ctx).remove_alias(model, name)
+    _registry(ctx).remove_alias(model, name, force=force)
     click.echo(f"removed {name}")
 
 

@@ -45,12 +45,18 @@ class RetentionResult:
 
 
 def retention(
-    registry: Registry, *, days: float, namespace: str | None = None, reason: str = ""
+    registry: Registry,
+    *,
+    days: float,
+    namespace: str | None = None,
+    reason: str = "",
+    blob_grace_s: float | None = None,
 ) -> RetentionResult:
     """Purges the blob contents of versions older than ``days`` that hold no alias: not
     ``latest``, no alias of their model, no alias of a registered model they are linked
     in. Each purge is a ``BlobsPurged`` event (the version's metadata stays). Blob files
-    are deleted only once no unpurged version refers to their digest."""
+    are deleted only once no unpurged version refers to their digest and the file has not
+    been stored or reused for ``blob_grace_s`` seconds (wall-clock; default an hour)."""
     if days < 0:
         raise InvalidInput(f"days {days!r} is invalid: retention keeps versions for ≥ 0 days")
     reason = reason or f"retention: no alias and older than {days:g} days"
@@ -80,10 +86,16 @@ def retention(
 
     purged.clear()
     registry._write(decide)
-    return RetentionResult(purged, collect_blobs(registry), skipped)
+    grace = BLOB_GRACE_S if blob_grace_s is None else blob_grace_s
+    return RetentionResult(purged, collect_blobs(registry, grace_s=grace), skipped)
 
 
-def collect_blobs(registry: Registry) -> int:
+BLOB_GRACE_S = 3600.0
+"""A blob stored or reused this recently is kept even when no version refers to it yet:
+its version may be about to commit (uploads happen before their command)."""
+
+
+def collect_blobs(registry: Registry, *, grace_s: float = BLOB_GRACE_S) -> int:
     """Deletes blob files that only purged versions refer to; returns how many went.
 
     Run after the purge has committed: a crash in between leaves files that the next run
@@ -94,7 +106,7 @@ def collect_blobs(registry: Registry) -> int:
     for row in rows:
         digests = {f[2] for f in json.loads(row.files)}
         (released if row.purged_at is not None else kept).update(digests)
-    return sum(registry.blobs.delete(d) for d in sorted(released - kept))
+    return sum(registry.blobs.delete(d, unused_for_s=grace_s) for d in sorted(released - kept))
 
 
 # -- promotion policy ----------------------------------------------------------------------

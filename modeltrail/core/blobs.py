@@ -4,15 +4,19 @@ A blob lives at ``<root>/sha256/<ab>/<cdef…>``, named by the sha256 of its byt
 the same content uploaded twice is stored once. Writes go to a temporary file in the
 same directory and are renamed into place, so a reader never sees half a blob and a
 crash leaves at most a stray temporary file. Reads re-hash every byte.
+
+Storing content that is already there touches the file instead, and ``delete`` leaves
+alone a file touched within its grace period: a retention job that finds a blob
+unreferenced cannot delete it under an upload whose version is about to commit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,7 +38,7 @@ class BlobStore:
         """Stores bytes; returns (sha256 hex, size)."""
         digest = hashlib.sha256(content).hexdigest()
         target = self.path_of(digest)
-        if not target.exists():
+        if not _touch(target):
             self._install(target, lambda out: out.write(content))
         return digest, len(content)
 
@@ -53,7 +57,7 @@ class BlobStore:
                 size += len(chunk)
         digest = hasher.hexdigest()
         target = self.path_of(digest)
-        if target.exists():
+        if _touch(target):
             os.unlink(tmp.name)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,17 +96,22 @@ class BlobStore:
             )
         os.replace(tmp.name, dest)
 
-    def delete(self, digest: str) -> bool:
+    def delete(self, digest: str, *, unused_for_s: float = 0.0) -> bool:
+        """Deletes a blob unless it was stored or reused in the last ``unused_for_s``
+        seconds; returns whether it went."""
+        path = self.path_of(digest)
         try:
-            self.path_of(digest).unlink()
+            if unused_for_s and time.time() - path.stat().st_mtime < unused_for_s:
+                return False
+            path.unlink()
         except FileNotFoundError:
             return False
         return True
 
-    def _install(self, target: Path, write: object) -> None:
+    def _install(self, target: Path, write: Callable[[BinaryIO], object]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-            write(tmp)  # type: ignore[operator]
+            write(tmp)
         os.replace(tmp.name, target)
 
 
@@ -110,5 +119,10 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
     return iter(lambda: stream.read(CHUNK), b"")
 
 
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def _touch(path: Path) -> bool:
+    """Marks an existing blob as just used; False when there is none."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
