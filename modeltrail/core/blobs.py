@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from modeltrail.errors import IntegrityError, NotFound
 
@@ -108,7 +108,7 @@ class BlobStore:
             return False
         return True
 
-    def _install(self, target: Path, write: Callable[[BinaryIO], object]) -> None:
+    def _install(self, target: Path, write: Callable[[IO[bytes]], object]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
             write(tmp)
