@@ -59,6 +59,12 @@ class LogUnavailable(ModeltrailError):
     """The event log cannot be reached (broker down, database locked past its timeout)."""
 
 
+class ProjectionTimeout(ModeltrailError):
+    """A batch is in the Kafka log, but the projection did not decide it in time: it takes
+    effect (or is rejected) once a projector applies it. Resending it as a new command
+    would record it twice; ask the registry later instead."""
+
+
 class ReadOnly(ModeltrailError):
     """A write was attempted on a read-only registry (for example one built by as_of)."""
 
@@ -98,6 +104,7 @@ __all__ = [
     "ModeltrailError",
     "NotFound",
     "PermissionDenied",
+    "ProjectionTimeout",
     "PromotionRefused",
     "QuotaExceeded",
     "ReadOnly",

@@ -55,7 +55,7 @@ from modeltrail.core.projections.state import (
     read_all,
     write_all,
 )
-from modeltrail.errors import IntegrityError, InvalidInput, LogUnavailable, ModeltrailError
+from modeltrail.errors import IntegrityError, InvalidInput, ModeltrailError, ProjectionTimeout
 
 T = TypeVar("T")
 META_TABLE = "modeltrail_meta"
@@ -178,7 +178,7 @@ class KafkaEngine:
             if done is not None and done[0] >= last:
                 return self.outcome(placed, reader)
             if time.monotonic() > deadline:
-                raise LogUnavailable(
+                raise ProjectionTimeout(
                     f"the batch at {partition} offset {offset_of(last)} is in the Kafka log, but "
                     f"the projection in {self.database.url!r} has not applied it after "
                     f"{wait_s:g}s (it is at {0 if done is None else offset_of(done[0])}): is a "
