@@ -223,6 +223,9 @@ def test_run_metrics_carry_step_and_wall_clock(reg: mt.Registry, clock: ManualCl
         clock.advance(90)
         run.log_metrics({"loss": 0.25}, step=2)
         run.use(log_model(reg, small_cnn(), "pretrained").ref)  # type: ignore[union-attr]
+        produced = run.log_version({"model.pt": b"weights"}, epoch=1)
+    assert produced.epoch == 1
+    assert reg.lineage(produced.ref).inputs == ["team/pretrained:v0"]
     metrics = reg.metrics("cnn", "v1")
     assert [(k, s, v) for k, s, v, _ in metrics] == [
         ("acc", 1, 0.25),

@@ -471,7 +471,7 @@ class ClassificationTracer:
                 host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
                 host.copy_(stacked, non_blocking=True)
                 ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
-                ready.record()
+                ready.record(torch.cuda.current_stream(stacked.device))
             else:
                 host = stacked.cpu()
         traced = _Traced(host, ready, ids_host, dataset_type, n_epoch, int(classes), at)
