@@ -417,3 +417,11 @@ def test_verify_reports_projection_drift(reg: mt.Registry, home: Path) -> None:
     reg.rebuild()
     assert reg.verify().ok
     assert reg.get("m:prod").label == "v0"
+
+
+def test_metric_names_may_hold_slashes_like_in_wandb_and_mlflow(reg: mt.Registry) -> None:
+    run = reg.run("m", "r")
+    run.log_metrics({"train/loss": 0.5, "val/top 1": 0.9}, step=1)
+    assert sorted(k for k, *_ in reg.metrics("m", "r")) == ["train/loss", "val/top 1"]
+    with pytest.raises(InvalidName, match="metric name"):
+        run.log_metrics({"/leading": 1.0})

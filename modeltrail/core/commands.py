@@ -33,6 +33,7 @@ from modeltrail.core.refs import (
     Target,
     check_alias,
     check_file_path,
+    check_metric_name,
     check_name,
     inference_stream,
     model_stream,
@@ -398,7 +399,7 @@ def log_metrics(
 ) -> None:
     values: dict[str, float] = {}
     for key, value in metrics.items():
-        check_name(key, "metric name")
+        check_metric_name(key)
         try:
             values[key] = float(value)
         except (TypeError, ValueError):

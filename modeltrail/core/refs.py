@@ -24,6 +24,17 @@ def check_name(value: object, what: str = "name") -> str:
     return value
 
 
+METRIC_PATTERN = "[A-Za-z0-9][A-Za-z0-9._/ -]{0,249}"
+_METRIC = re.compile(METRIC_PATTERN)
+
+
+def check_metric_name(value: object) -> str:
+    """Metric keys may also hold '/' and spaces (``train/loss``), as in W&B and MLflow."""
+    if not isinstance(value, str) or _METRIC.fullmatch(value) is None or value.endswith(" "):
+        raise InvalidName(f"metric name {value!r} is invalid: metric names match {METRIC_PATTERN}")
+    return value
+
+
 def check_alias(value: object) -> str:
     """An alias settable by hand: a valid name that is not ``latest`` nor ``v<digits>``."""
     alias = check_name(value, "alias")

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from modeltrail.core import commands as cmd
-from modeltrail.core.refs import check_name
+from modeltrail.core.refs import check_metric_name
 from modeltrail.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class Run:
         could not be reached and they were spooled (``modeltrail.producers.spool``)."""
         values: dict[str, float] = {}
         for key, value in metrics.items():
-            check_name(key, "metric name")
+            check_metric_name(key)
             try:
                 values[key] = float(value)
             except (TypeError, ValueError):
