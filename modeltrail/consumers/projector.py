@@ -13,6 +13,7 @@ where the last commit left the projection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -90,6 +91,16 @@ class Projector:
             "cannot join the projector group",
         )
         try:
+            # Know the topics' partitions before joining: a group leader that assigns
+            # without them gives nobody anything until its next metadata refresh.
+            for topic in kafka.topics.values():
+                if not kafka._call(
+                    lambda topic=topic: consumer.partitions_for_topic(topic), "cannot read topics"
+                ):
+                    raise LogUnavailable(
+                        f"topic {topic!r} does not exist on {kafka.bootstrap}: open the "
+                        "registry once (it creates the topics) before starting projectors"
+                    )
             consumer.subscribe(list(kafka.topics.values()), listener=_Seeker(self, consumer))
             idle_since = time.monotonic()
             while not self._stop.is_set():
@@ -117,25 +128,33 @@ class Projector:
                 if self.on_batch is not None:
                     self.on_batch(records)
         finally:
+            with contextlib.suppress(Exception):  # leaving anyway: the database counts
+                consumer.commit()
             consumer.close()
         return self.applied
 
     def _commit(self, consumer: Any) -> None:
-        import kafka.errors as kerrors
-
-        try:
-            consumer.commit()
-        except kerrors.KafkaError as exc:  # a rebalance in progress: the database counts
-            log.info("offset commit skipped (%s); the projection's checkpoints are intact", exc)
+        # Asynchronous: Kafka's offsets are for monitoring; the projection's checkpoints,
+        # committed with its rows, are what a worker resumes from. A failed commit (a
+        # rebalance in progress) is only logged; the next one covers it.
+        consumer.commit_async(callback=_log_commit_failure)
 
     def seek_to_checkpoints(self, consumer: Any, assigned: Any) -> None:
         done = self.engine.checkpoints()
+        mine = {}
         for tp in assigned:
             name = self.engine.kafka.partition_name(tp.topic, tp.partition)
+            mine[name] = done.get(name, 0)
             if done.get(name):
                 consumer.seek(tp, offset_of(done[name]) + 1)
             else:
                 consumer.seek_to_beginning(tp)
+        self.engine.adopt(mine)
+
+
+def _log_commit_failure(offsets: Any, response: Any) -> None:
+    if isinstance(response, Exception):
+        log.info("offset commit skipped (%s); the projection's checkpoints are intact", response)
 
 
 class _Seeker(ConsumerRebalanceListener):  # type: ignore[misc]

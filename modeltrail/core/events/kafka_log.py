@@ -71,77 +71,114 @@ def offset_of(position: int) -> int:
 def encode_record(events: Sequence[Event]) -> bytes:
     """One batch as record bytes: a magic prefix, a count, then each envelope."""
     parts = [_MAGIC, _COUNT.pack(len(events))]
+    pack = _HEAD.pack
     for e in events:
-        texts = [s.encode() for s in (e.type, e.stream, e.namespace, e.actor)]
-        if any(len(t) > 0xFFFF for t in texts):
-            raise InvalidInput(
-                f"{e.type} event for {e.stream[:80]!r} has a type, stream, namespace or actor "
-                "over 65,535 bytes, the most a Kafka record field holds"
-            )
-        parts.append(
-            _HEAD.pack(
+        type_, stream = e.type.encode(), e.stream.encode()
+        namespace, actor = e.namespace.encode(), e.actor.encode()
+        try:
+            head = pack(
                 e.event_id.bytes,
                 e.stream_version,
                 e.recorded_at,
-                *map(len, texts),
+                len(type_),
+                len(stream),
+                len(namespace),
+                len(actor),
                 len(e.prev_hash),
                 len(e.hash),
                 len(e.schema),
                 len(e.payload),
             )
-        )
-        parts.extend(texts)
-        parts += (e.prev_hash, e.hash, e.schema, e.payload)
+        except struct.error as exc:
+            raise InvalidInput(
+                f"{e.type} event for {e.stream[:80]!r} does not fit a Kafka record: a type, "
+                "stream, namespace or actor holds at most 65,535 bytes and a hash 255"
+            ) from exc
+        parts += (head, type_, stream, namespace, actor, e.prev_hash, e.hash, e.schema, e.payload)
     return b"".join(parts)
 
 
 def decode_record(value: bytes, partition: str, offset: int, appended_at: int) -> list[Event]:
     """The events of a record, placed at their positions; IntegrityError on bad bytes."""
     where = f"Kafka record {partition}@{offset}"
-    if not value.startswith(_MAGIC) or len(value) < len(_MAGIC) + _COUNT.size:
+    start = len(_MAGIC) + _COUNT.size
+    if not value.startswith(_MAGIC) or len(value) < start:
         raise IntegrityError(f"{where} is not a modeltrail batch (its first bytes differ)")
-    view = memoryview(value)
-    (count,) = _COUNT.unpack_from(view, len(_MAGIC))
-    at = len(_MAGIC) + _COUNT.size
+    (count,) = _COUNT.unpack_from(value, len(_MAGIC))
+    size, at, first = len(value), start, position_of(offset, 0)
+    unpack, head_size = _HEAD.unpack_from, _HEAD.size
     events = []
     try:
         for index in range(count):
-            head = _HEAD.unpack_from(view, at)
-            at += _HEAD.size
-            sizes = head[3:]
-            fields = []
-            for size in sizes:
-                if at + size > len(value):
-                    raise IntegrityError(f"{where} is truncated in event {index} of {count}")
-                fields.append(bytes(view[at : at + size]))
-                at += size
-            type_, stream, namespace, actor = (f.decode() for f in fields[:4])
-            prev_hash, hash_, schema, payload = fields[4:]
+            id_, version, recorded_at, lt, ls, ln, la, lp, lh, lsc, lpl = unpack(value, at)
+            at += head_size
+            if at + lt + ls + ln + la + lp + lh + lsc + lpl > size:
+                raise IntegrityError(f"{where} is truncated in event {index} of {count}")
+            type_ = value[at : at + lt].decode()
+            at += lt
+            stream = value[at : at + ls].decode()
+            at += ls
+            namespace = value[at : at + ln].decode()
+            at += ln
+            actor = value[at : at + la].decode()
+            at += la
+            prev_hash = value[at : at + lp]
+            at += lp
+            hash_ = value[at : at + lh]
+            at += lh
+            schema = value[at : at + lsc]
+            at += lsc
+            payload = value[at : at + lpl]
+            at += lpl
             events.append(
                 Event(
-                    uuid.UUID(bytes=head[0]),
+                    uuid.UUID(bytes=id_),
                     type_,
                     stream,
-                    head[1],
+                    version,
                     namespace,
-                    head[2],
+                    recorded_at,
                     actor,
                     prev_hash,
                     hash_,
                     schema,
                     payload,
-                    position_of(offset, index),
+                    first + index,
                     partition,
                     appended_at,
                 )
             )
     except (struct.error, UnicodeDecodeError) as exc:
         raise IntegrityError(f"{where} is corrupt: {exc}") from exc
-    if at != len(value):
-        raise IntegrityError(f"{where} has {len(value) - at} bytes after its last event")
+    if at != size:
+        raise IntegrityError(f"{where} has {size - at} bytes after its last event")
     if not events:
         raise IntegrityError(f"{where} holds no events")
     return events
+
+
+def placed(events: Sequence[Event], partition: str, offset: int, appended_at: int) -> list[Event]:
+    """The events of the record at ``offset``, at their positions."""
+    first = position_of(offset, 0)
+    return [
+        Event(
+            e.event_id,
+            e.type,
+            e.stream,
+            e.stream_version,
+            e.namespace,
+            e.recorded_at,
+            e.actor,
+            e.prev_hash,
+            e.hash,
+            e.schema,
+            e.payload,
+            first + i,
+            partition,
+            appended_at,
+        )
+        for i, e in enumerate(events)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,11 +212,7 @@ class Pending:
             "append was not acknowledged",
         )
         partition = self._log.partition_name(meta.topic, meta.partition)
-        appended_at = meta.timestamp * 1000
-        return [
-            e.at(position_of(meta.offset, i), appended_at, partition)
-            for i, e in enumerate(self._events)
-        ]
+        return placed(self._events, partition, meta.offset, meta.timestamp * 1000)
 
 
 class KafkaLog(EventLog):

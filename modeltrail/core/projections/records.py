@@ -30,7 +30,7 @@ from modeltrail.core.events.kafka_log import Record
 from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter
 from modeltrail.core.events.sql_log import _filter_sql
 from modeltrail.core.projections.runner import Runner
-from modeltrail.core.projections.state import Journal, MemoryState, Spec, State
+from modeltrail.core.projections.state import Journal, MemoryState, Overlay, Spec, State
 from modeltrail.core.projections.tables import CHECKPOINTS, CheckpointRow
 from modeltrail.errors import IntegrityError, ModeltrailError, ReadOnly
 
@@ -142,15 +142,21 @@ class RecordRunner(Runner):
                 )
                 status = REJECTED
         else:
-            journal = state.journal() if isinstance(state, MemoryState) else Journal(state)
+            # In memory an undo journal is cheapest; over SQL an overlay, which (unlike a
+            # journal) does not read a row before writing it.
+            scratch = state.journal() if isinstance(state, MemoryState) else Overlay(state)
             try:
-                self.folder.apply_all(journal, events)
+                self.folder.apply_all(scratch, events)
             except ModeltrailError as exc:
-                journal.rollback()
+                if isinstance(scratch, Journal):
+                    scratch.rollback()
                 self.reject(state, events, exc)
                 status = REJECTED
             else:
-                journal.keep()
+                if isinstance(scratch, Journal):
+                    scratch.keep()
+                else:
+                    scratch.commit()
                 state.put(
                     RECORDS,
                     RecordRow(
