@@ -456,7 +456,8 @@ def _event_rows(events: Iterable[Event]) -> Iterator[tuple[Any, ...]]:
     from modeltrail.core.events.envelope import to_datetime
 
     for e in events:
-        yield (e.position, _when(to_datetime(e.recorded_at)), e.actor, e.type, e.stream)
+        where = f"{e.partition}:{e.position}" if e.partition else e.position  # Kafka: per partition
+        yield (where, _when(to_datetime(e.recorded_at)), e.actor, e.type, e.stream)
 
 
 EVENT_HEADERS = ["position", "recorded", "actor", "type", "stream"]
