@@ -1,25 +1,31 @@
 """The Kafka log and its PostgreSQL projection: produce, project, append-to-visible latency.
 
     python bench/kafka.py [--events 200000] [--batch 100] [--rate 1000] [--seconds 10]
+                          [--workers 2] [--traffic registry|trainer]
 
 Uses the servers named by MODELTRAIL_TEST_KAFKA / MODELTRAIL_TEST_PG when set, otherwise
 starts its own with scripts/services.py (PostgreSQL with fsync on) and stops them after.
-The events are valid registry traffic (models, versions, alias moves, links) in four
-namespaces, so they spread over the registry topic's partitions.
+The events are valid traffic in four namespaces, so they spread over the registry
+topic's partitions: ``registry`` (default) is models, versions, alias moves and links
+(every fold busy), ``trainer`` is what trainers send most, metrics on their runs.
 
 Figures:
 - produce: events/s appending batches of ``--batch`` events, pipelined (a producer that
   sends without waiting for each acknowledgement) and one append at a time;
 - single-event appends/s, one at a time (each waits for acks=all);
-- project: events/s a projector worker applies into PostgreSQL, from offset 0;
-- latency: append -> visible in the projection (checkpoint passed), p50/p99, with
-  single-event appends at ``--rate`` events/s and a projector worker in its own process.
+- project: events/s that projector worker processes (1, then ``--workers``) apply into a
+  fresh PostgreSQL database, from offset 0, counted from their start (group join
+  included) until every partition is projected;
+- latency: append -> visible in the projection (its partition's checkpoint passed),
+  p50/p99, with single-event appends at ``--rate`` events/s for ``--seconds``, after two
+  unmeasured seconds at that rate (the workers' first reads load the tables they fold).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -29,6 +35,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # This file is named kafka.py: its directory goes after site-packages, so that `kafka` is
 # kafka-python and `common` is still found here.
@@ -38,8 +45,15 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(H
 from common import RegistryEvents, machine, percentile  # noqa: E402
 
 from modeltrail.core.db import Database  # noqa: E402
-from modeltrail.core.events.envelope import Event  # noqa: E402
+from modeltrail.core.events.codec import default_codec  # noqa: E402
+from modeltrail.core.events.envelope import (  # noqa: E402
+    EMPTY_STREAM,
+    Draft,
+    Event,
+    StreamHead,
+)
 from modeltrail.core.events.kafka_log import KafkaLog, Pending, offset_of  # noqa: E402
+from modeltrail.core.events.seal import Sealer  # noqa: E402
 from modeltrail.core.kafka_engine import KafkaEngine  # noqa: E402
 
 ROOT = HERE.parent
@@ -55,6 +69,53 @@ db, bootstrap, prefix, group = sys.argv[1:]
 engine = KafkaEngine(Database(db), KafkaLog(bootstrap, prefix=prefix))
 run_worker(engine, group=group)
 """
+
+
+def trainer_events(namespace: str, runs: int = 10) -> Iterator[Event]:
+    """What trainers send most: metrics on their runs' streams (after the namespace,
+    the model and the runs are created), sealed and chained like the real thing."""
+    sealer = Sealer(default_codec())
+    heads: dict[str, StreamHead] = {}
+    clock = itertools.count(1_767_225_600_000_000)
+
+    def seal(type_: str, stream: str, data: dict[str, Any]) -> Event:
+        event = sealer.seal(
+            Draft(type_, stream, namespace, data),
+            heads.get(stream, EMPTY_STREAM),
+            actor="bench",
+            recorded_at=next(clock),
+        )
+        heads[stream] = StreamHead(event.stream_version, event.hash)
+        return event
+
+    yield seal(
+        "NamespaceCreated",
+        f"namespace:{namespace}",
+        {"name": namespace, "owner": "bench", "personal": False},
+    )
+    yield seal(
+        "ModelCreated",
+        f"model:{namespace}/net",
+        {"name": "net", "arch_hash": None, "description": None, "tags": {}},
+    )
+    for run in range(runs):
+        yield seal(
+            "RunStarted",
+            f"run:{namespace}/net/r{run}",
+            {"model": "net", "run": f"r{run}", "config": "{}", "config_digest": "0"},
+        )
+    for step in itertools.count():
+        run = step % runs
+        yield seal(
+            "MetricsLogged",
+            f"run:{namespace}/net/r{run}",
+            {
+                "model": "net",
+                "run": f"r{run}",
+                "step": step,
+                "metrics": {"loss": 1 / (step + 1), "acc": 0.5},
+            },
+        )
 
 
 @contextlib.contextmanager
@@ -234,16 +295,26 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="projector processes")
+    parser.add_argument(
+        "--traffic",
+        choices=["registry", "trainer"],
+        default="registry",
+        help="registry: models, versions, alias moves, links; trainer: metrics on runs",
+    )
     args = parser.parse_args()
 
     with servers() as (bootstrap, pg, how):
         prefix = f"bench-{uuid.uuid4().hex[:8]}"
-        streams = [
-            RegistryEvents(namespace=f"bench{n}", seed=n).stream(10**9) for n in range(NAMESPACES)
-        ]
+        if args.traffic == "registry":
+            streams = [
+                RegistryEvents(namespace=f"bench{n}", seed=n).stream(10**9)
+                for n in range(NAMESPACES)
+            ]
+        else:
+            streams = [trainer_events(f"bench{n}") for n in range(NAMESPACES)]
         kafka = KafkaLog(bootstrap, prefix=prefix)
         kafka.ensure_topics()
-        print(f"kafka.py: {machine()}; servers {how}")
+        print(f"kafka.py: {machine()}; servers {how}; {args.traffic} traffic")
 
         batches = batches_of(streams, args.events, args.batch)
         kafka.append(batches[0])  # connect, fetch metadata and a producer id
