@@ -45,6 +45,7 @@ from modeltrail.errors import (
     IntegrityError,
     InvalidInput,
     InvalidName,
+    LogUnavailable,
     ProjectionTimeout,
     QuotaExceeded,
     ReadOnly,
@@ -248,6 +249,30 @@ def test_two_writers_racing_to_move_one_alias_exactly_one_wins(team: Team) -> No
     assert alice.verify().ok
 
 
+def test_threads_of_one_process_do_not_race_each_other(team: Team) -> None:
+    team.start_projector()
+    reg = team.open("alice")
+    reg.run("m", "r", config={})
+    errors: list[BaseException] = []
+
+    def log(thread: int) -> None:
+        try:
+            for step in range(10):
+                reg._write(
+                    lambda b, s=step: cmd.log_metrics(b, "team", "m", "r", {f"t{thread}": s}, s)
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=log, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(reg.metrics("m", "r")) == 30
+
+
 def test_without_a_projector_a_command_times_out_and_takes_effect_later(team: Team) -> None:
     team.start_projector()
     reg = team.open("alice")
@@ -380,6 +405,23 @@ def test_a_projection_database_belongs_to_one_log(team: Team, tmp_path: Path) ->
     Engine(Database(embedded)).prepare()
     with pytest.raises(InvalidInput, match="embedded"):
         open_kafka_engine(Database(embedded), team.bootstrap, prefix=team.prefix)
+
+
+def test_a_registry_opens_while_its_broker_is_away_and_writes_raise_log_unavailable(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        away = f"127.0.0.1:{probe.getsockname()[1]}"
+    reg = mt.open(tmp_path / "home", kafka=away, kafka_prefix="away", actor="a", namespace="team")
+    try:
+        assert reg.models() == []  # reads need only the projection database
+        with pytest.raises(LogUnavailable, match="safe"):
+            reg.create_model("m")
+    finally:
+        reg.close()
 
 
 def test_kafka_status_shows_each_partition_projected(team: Team) -> None:

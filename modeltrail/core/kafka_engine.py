@@ -20,8 +20,10 @@ mirrors every event it reads (``core/projections/records.py``), so ``events``, `
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -57,7 +59,13 @@ from modeltrail.core.projections.state import (
     write_all,
 )
 from modeltrail.core.projections.tables import CHECKPOINTS, STREAM_HEADS
-from modeltrail.errors import IntegrityError, InvalidInput, ModeltrailError, ProjectionTimeout
+from modeltrail.errors import (
+    IntegrityError,
+    InvalidInput,
+    LogUnavailable,
+    ModeltrailError,
+    ProjectionTimeout,
+)
 
 T = TypeVar("T")
 META_TABLE = "modeltrail_meta"
@@ -97,6 +105,7 @@ class KafkaEngine:
         self.log = MirrorLog(database, self.runner.name, append=self.append)
         self.wait_s = wait_s
         """How long a command waits for the projection to apply its record."""
+        self._writing = threading.Lock()
         self._memory = _Remembered()
         self._written: dict[str, int] = {}
         from modeltrail.core.events.seal import Sealer
@@ -110,8 +119,11 @@ class KafkaEngine:
         """Creates missing topics and projection tables.
 
         When the projection tables' shape changed, they are recreated empty: projector
-        workers (restarted after the upgrade) then fold the log again from offset 0."""
-        self.kafka.ensure_topics()
+        workers (restarted after the upgrade) then fold the log again from offset 0. An
+        unreachable broker is not an error here (reads need only the database; the first
+        append creates the topics, or raises ``LogUnavailable`` for the spool)."""
+        with contextlib.suppress(LogUnavailable):
+            self.kafka.ensure_topics()
         with self.database.transaction() as tx:
             self._create_schema(tx)
 
@@ -155,7 +167,15 @@ class KafkaEngine:
 
     def write(self, decide: Callable[[Batch], T], *, actor: str) -> tuple[T, list[Event]]:
         """Decides on the projection, appends one record, waits for the projection's
-        verdict; returns the command's result and the events as placed in the log."""
+        verdict; returns the command's result and the events as placed in the log.
+
+        Commands of one engine run one at a time, as on the SQL log (where the write lock
+        serialises them): threads of one process never race each other for a stream
+        version; other processes are the writers the projector decides between."""
+        with self._writing:
+            return self._write(decide, actor=actor)
+
+    def _write(self, decide: Callable[[Batch], T], *, actor: str) -> tuple[T, list[Event]]:
         with self._snapshot() as query:
             batch = Batch(
                 Overlay(_CommittedRows(query)),

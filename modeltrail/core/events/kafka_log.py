@@ -237,6 +237,7 @@ class KafkaLog(EventLog):
         self.topics = {REGISTRY: f"{prefix}.{REGISTRY}", INFERENCE: f"{prefix}.{INFERENCE}"}
         self._kinds = {topic: kind for kind, topic in self.topics.items()}
         self._producer: Any = None
+        self._topics_ready = False
 
     # -- topics and partitions ------------------------------------------------------
 
@@ -246,7 +247,10 @@ class KafkaLog(EventLog):
 
         admin = self._call(
             lambda: KafkaAdminClient(
-                bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000)
+                bootstrap_servers=self.bootstrap,
+                request_timeout_ms=int(self.timeout_s * 1000),
+                # opening a registry while the broker is away should not hang for long
+                bootstrap_timeout_ms=int(min(self.timeout_s, 5) * 1000),
             ),
             "cannot reach the broker",
         )
@@ -268,6 +272,7 @@ class KafkaLog(EventLog):
             )
         finally:
             admin.close()
+        self._topics_ready = True
 
     def partition_name(self, topic: str, partition: int) -> str:
         return f"{self._kinds[topic]}-{partition}"
@@ -351,6 +356,8 @@ class KafkaLog(EventLog):
                 "its record): split it"
             )
         topic, key = self.route(events)
+        if not self._topics_ready:  # opened while the broker was away
+            self.ensure_topics()
         value = encode_record(events)
         if len(value) > MAX_RECORD_BYTES:
             raise InvalidInput(
@@ -554,7 +561,7 @@ class KafkaLog(EventLog):
 
         try:
             return action()
-        except (kerrors.KafkaTimeoutError, kerrors.NoBrokersAvailable) as exc:
+        except kerrors.KafkaTimeoutError as exc:  # also how 3.x reports "no broker answers"
             raise LogUnavailable(
                 f"Kafka at {self.bootstrap}: {what}: {type(exc).__name__}: {exc}. "
                 "Retrying the same batch is safe: the projector recognises it by its event ids"
