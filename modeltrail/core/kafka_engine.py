@@ -4,7 +4,10 @@ A command runs as: read the projection database (a read-only snapshot, never wri
 back) -> emit onto a scratch overlay, which runs every fold rule and seals each event
 against the stream heads the projection knows -> append the batch as one Kafka record
 -> wait until the projection's checkpoint for that partition passes the record -> return,
-or raise the refusal the projector recorded as its original typed error.
+or raise the refusal the projector recorded as its original typed error
+(``ProjectionTimeout`` when no projector decides within ``wait_s``: the record is in the
+log all the same). Deciding on a projection that lags behind the log is safe: a claim
+sealed against stale stream heads is rejected by the projector, never applied twice.
 
 The projection database is written only by projectors (``apply``, ``catch_up``,
 ``rebuild``), each transaction holding the rows, the mirrored events and the checkpoint
@@ -333,7 +336,8 @@ class KafkaEngine:
 
     def rebuild(self, progress: Progress | None = None) -> int:
         """Folds the whole Kafka log again, from offset 0 of every partition, into fresh
-        projection tables; running projectors wait meanwhile and then carry on."""
+        projection tables; running projectors wait meanwhile and then carry on. The fold
+        runs in memory (mirrored payloads included) and is written in bulk at the end."""
         self._memory.forget()
         self._written.clear()
         with self.database.transaction() as tx:

@@ -8,6 +8,11 @@
 4. Appending a batch again with the same ``event_id``s returns the first positions and
    stores nothing twice, so a writer that lost an acknowledgement can simply retry.
 5. Each stream's events form a hash chain (``prev_hash``), checked by ``verify``.
+
+The SQL log keeps 3 and 4 at write time. The Kafka log cannot (a broker takes whatever
+is sent): it stores such batches, and its projector rejects stale claims and recognises
+retries, in log order; writers see this contract through the projection's view of the
+log (``core/projections/records.py``), whose ``append`` waits for that verdict.
 """
 
 from __future__ import annotations
