@@ -444,8 +444,9 @@ def _start_kafka(base: Path, timeout: float) -> dict[str, Any]:
             "format",
             "--config",
             str(sdir / "server.properties"),
-            "--cluster-id",
-            kafka_cluster_id(),
+            # One argument, "--cluster-id=…": an id may start with "-" (1 in 64), which the
+            # tool's parser would take for an option if it came as a separate argument.
+            f"--cluster-id={kafka_cluster_id()}",
             "--standalone",
         ],
         what="Kafka storage format",

@@ -109,9 +109,7 @@ class Codec:
         current_fp, reader = self._writers[type_]
         buffer = io.BytesIO(payload)
         try:
-            data: Any = self._read(
-                buffer, writer, None if fingerprint_ == current_fp else reader
-            )
+            data: Any = self._read(buffer, writer, None if fingerprint_ == current_fp else reader)
         except Exception as exc:  # fastavro raises many types on truncated or corrupt bytes
             raise IntegrityError(
                 f"{type_} payload of {len(payload)} bytes does not decode with schema "
