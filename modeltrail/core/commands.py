@@ -394,9 +394,8 @@ def finish_run(b: Batch, namespace: str, model: str, name: str, status: str) -> 
     )
 
 
-def log_metrics(
-    b: Batch, namespace: str, model: str, run: str, metrics: Mapping[str, float], step: int | None
-) -> None:
+def metric_values(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The metrics as floats under valid names, or the first that is not."""
     values: dict[str, float] = {}
     for key, value in metrics.items():
         check_metric_name(key)
@@ -404,6 +403,13 @@ def log_metrics(
             values[key] = float(value)
         except (TypeError, ValueError):
             raise InvalidInput(f"metric {key}={value!r} is invalid: metrics are numbers") from None
+    return values
+
+
+def log_metrics(
+    b: Batch, namespace: str, model: str, run: str, metrics: Mapping[str, float], step: int | None
+) -> None:
+    values = metric_values(metrics)
     b.emit(
         "MetricsLogged",
         run_stream(namespace, model, run),

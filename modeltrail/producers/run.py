@@ -14,7 +14,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from modeltrail.core import commands as cmd
-from modeltrail.core.refs import check_metric_name
 from modeltrail.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -51,15 +50,7 @@ class Run:
         """Records scalar metrics at a step; the wall-clock time is the event's (the time
         of this call, even when the metrics wait in the spool). Returns False when the log
         could not be reached and they were spooled (``modeltrail.producers.spool``)."""
-        values: dict[str, float] = {}
-        for key, value in metrics.items():
-            check_metric_name(key)
-            try:
-                values[key] = float(value)
-            except (TypeError, ValueError):
-                raise InvalidInput(
-                    f"metric {key}={value!r} is invalid: metrics are numbers"
-                ) from None
+        values = cmd.metric_values(metrics)
         if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
             raise InvalidInput(f"step {step!r} is invalid: steps are integers or None")
         return self._submit("metrics", {"metrics": values, "step": step})

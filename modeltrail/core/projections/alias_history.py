@@ -15,44 +15,28 @@ from modeltrail.core.projections.tables import ALIAS_MOVES, AliasMoveRow
 
 
 def alias_moved(state: State, e: Event, d: dict[str, Any]) -> None:
-    state.put(
-        ALIAS_MOVES,
-        AliasMoveRow(
-            e.namespace,
-            d["owner_kind"],
-            d["owner"],
-            d["alias"],
-            e.position,
-            d["from_namespace"],
-            d["from_model"],
-            d["from_index"],
-            d["to_namespace"],
-            d["to_model"],
-            d["to_index"],
-            e.recorded_at,
-            e.actor,
-        ),
-    )
+    state.put(ALIAS_MOVES, _move(e, d, (d["to_namespace"], d["to_model"], d["to_index"])))
 
 
 def alias_removed(state: State, e: Event, d: dict[str, Any]) -> None:
-    state.put(
-        ALIAS_MOVES,
-        AliasMoveRow(
-            e.namespace,
-            d["owner_kind"],
-            d["owner"],
-            d["alias"],
-            e.position,
-            d["from_namespace"],
-            d["from_model"],
-            d["from_index"],
-            None,
-            None,
-            None,
-            e.recorded_at,
-            e.actor,
-        ),
+    state.put(ALIAS_MOVES, _move(e, d, (None, None, None)))
+
+
+def _move(
+    e: Event, d: dict[str, Any], to: tuple[str | None, str | None, int | None]
+) -> AliasMoveRow:
+    return AliasMoveRow(
+        e.namespace,
+        d["owner_kind"],
+        d["owner"],
+        d["alias"],
+        e.position,
+        d["from_namespace"],
+        d["from_model"],
+        d["from_index"],
+        *to,
+        e.recorded_at,
+        e.actor,
     )
 
 

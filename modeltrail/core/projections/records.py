@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import heapq
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -28,7 +27,7 @@ from modeltrail.core.db import Database, Query, Row
 from modeltrail.core.events.envelope import EMPTY_STREAM, Event, StreamHead
 from modeltrail.core.events.kafka_log import Record
 from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter
-from modeltrail.core.events.sql_log import _filter_sql
+from modeltrail.core.events.sql_log import _filter_sql, uuid_from_bytes
 from modeltrail.core.projections.runner import Runner
 from modeltrail.core.projections.state import Journal, MemoryState, Overlay, Spec, State
 from modeltrail.core.projections.tables import CHECKPOINTS, CheckpointRow
@@ -92,7 +91,7 @@ def mirror_row(event: Event, status: str) -> LogEventRow:
 
 def event_from_mirror(row: Row) -> Event:
     return Event(
-        uuid.UUID(bytes=bytes(row[2])),
+        uuid_from_bytes(bytes(row[2])),
         row[3],
         row[4],
         row[5],

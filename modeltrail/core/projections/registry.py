@@ -12,7 +12,7 @@ from typing import Any
 
 from modeltrail.core.events.envelope import Event
 from modeltrail.core.projections.fold import Projection, dumps
-from modeltrail.core.projections.state import State
+from modeltrail.core.projections.state import Spec, State
 from modeltrail.core.projections.tables import (
     ALIASES,
     LINKS,
@@ -317,38 +317,35 @@ def _label(target: tuple[Any, ...] | None) -> str:
     return "nothing" if target is None else f"{target[0]}/{target[1]}:v{target[2]}"
 
 
-def _namespace(state: State, ns: str) -> NamespaceRow:
-    row: NamespaceRow | None = state.get(NAMESPACES, (ns,))
+def _existing(state: State, spec: Spec, key: tuple[Any, ...], what: str) -> Any:
+    row = state.get(spec, key)
     if row is None:
-        raise NotFound(f"namespace {ns!r} does not exist")
+        raise NotFound(f"{what} does not exist")
+    return row
+
+
+def _namespace(state: State, ns: str) -> NamespaceRow:
+    row: NamespaceRow = _existing(state, NAMESPACES, (ns,), f"namespace {ns!r}")
     return row
 
 
 def _model(state: State, ns: str, name: str) -> ModelRow:
-    row: ModelRow | None = state.get(MODELS, (ns, name))
-    if row is None:
-        raise NotFound(f"model {ns}/{name} does not exist")
+    row: ModelRow = _existing(state, MODELS, (ns, name), f"model {ns}/{name}")
     return row
 
 
 def _version(state: State, ns: str, model: str, idx: int) -> VersionRow:
-    row: VersionRow | None = state.get(VERSIONS, (ns, model, idx))
-    if row is None:
-        raise NotFound(f"version {ns}/{model}:v{idx} does not exist")
+    row: VersionRow = _existing(state, VERSIONS, (ns, model, idx), f"version {ns}/{model}:v{idx}")
     return row
 
 
 def _registered(state: State, ns: str, name: str) -> RegisteredRow:
-    row: RegisteredRow | None = state.get(REGISTERED, (ns, name))
-    if row is None:
-        raise NotFound(f"registered model {ns}/{name} does not exist")
+    row: RegisteredRow = _existing(state, REGISTERED, (ns, name), f"registered model {ns}/{name}")
     return row
 
 
 def _run(state: State, ns: str, model: str, name: str) -> RunRow:
-    row: RunRow | None = state.get(RUNS, (ns, model, name))
-    if row is None:
-        raise NotFound(f"run {name!r} of model {ns}/{model} does not exist")
+    row: RunRow = _existing(state, RUNS, (ns, model, name), f"run {name!r} of model {ns}/{model}")
     return row
 
 
