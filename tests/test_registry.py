@@ -425,3 +425,38 @@ def test_metric_names_may_hold_slashes_like_in_wandb_and_mlflow(reg: mt.Registry
     assert sorted(k for k, *_ in reg.metrics("m", "r")) == ["train/loss", "val/top 1"]
     with pytest.raises(InvalidName, match="metric name"):
         run.log_metrics({"/leading": 1.0})
+
+
+def _tamper(home: Path, *statements: str) -> None:
+    import sqlite3
+
+    with sqlite3.connect(home / "trail.db") as raw:
+        for statement in statements:
+            raw.execute(statement)
+
+
+def test_verify_finds_a_removed_event(reg: mt.Registry, home: Path) -> None:
+    reg.log_version("m", {"w": b"1"})
+    reg.set_alias("m:v0", "prod")
+    reg.set_alias("m:v0", "staging")
+    _tamper(home, "DELETE FROM events WHERE position = 4")  # the move of prod
+    report = reg.verify()
+    assert not report.ok
+    assert report.problems[0].startswith(
+        "model:team/m v3 (position 5): version 3 follows version 1"
+    )
+
+
+def test_verify_finds_reordered_events(reg: mt.Registry, home: Path) -> None:
+    reg.log_version("m", {"w": b"1"})
+    reg.set_alias("m:v0", "prod")
+    reg.set_alias("m:v0", "staging")
+    _tamper(  # swap the two alias moves, keeping each one's own stream version
+        home,
+        "UPDATE events SET position = -4 WHERE position = 4",
+        "UPDATE events SET position = 4 WHERE position = 5",
+        "UPDATE events SET position = 5 WHERE position = -4",
+    )
+    report = reg.verify()
+    assert not report.ok
+    assert "model:team/m" in report.problems[0]
