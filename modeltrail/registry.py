@@ -21,7 +21,6 @@ from modeltrail.core.db import Database, Query
 from modeltrail.core.engine import Engine, RegistryEngine
 from modeltrail.core.events.envelope import Clock, Event, system_clock, to_micros
 from modeltrail.core.events.log import EventLog, LogFilter, VerifyReport
-from modeltrail.core.events.sql_log import SqlLog
 from modeltrail.core.projections.runner import Progress, export
 from modeltrail.core.projections.snapshots import SqlSnapshots
 from modeltrail.core.readmodel import ReadModel
@@ -510,13 +509,10 @@ class Registry:
         (a new group starts at the beginning of the log, or at its end with
         ``start="latest"``). ``model`` (a model or registered model, ``[ns/]name``) and
         ``alias`` narrow it to that owner's events and to moves of that alias; iteration
-        stops after ``timeout`` seconds without a matching event (None: never)."""
-        from modeltrail.consumers.subscriptions import (
-            EventFilter,
-            SqlCursors,
-            SqlFeed,
-            Subscription,
-        )
+        stops after ``timeout`` seconds without a matching event (None: never). Over Kafka
+        the group is the consumer group ``<kafka_prefix>.subscription.<group>``, and only
+        events the projection accepted are handed out."""
+        from modeltrail.consumers.subscriptions import EventFilter, Subscription, open_feed
 
         check_name(group, "subscription group")
         if self._until is not None:
@@ -535,17 +531,13 @@ class Registry:
             parsed = self._ref(model)
             owner = (parsed.ns, parsed.name)
         engine = self._require_engine()
-        log = engine.log
-        if not isinstance(log, SqlLog):
-            raise InvalidInput("subscriptions follow the SQL log: this registry's log is Kafka")
         where = EventFilter.build(
             types=types, owner=owner, alias=alias, known_types=engine.codec.types
         )
-        feed = SqlFeed(
-            log,
-            SqlCursors(engine.database, engine.clock),
+        feed = open_feed(
+            engine,
             group,
-            where.log_filter,
+            where,
             start="latest" if start == "latest" else "earliest",
             actor=self.actor,
         )

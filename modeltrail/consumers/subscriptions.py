@@ -14,9 +14,11 @@ events come from and where the committed position is kept is a ``Feed``:
   table, since a rebuild replaces those wholesale and a cursor is not derived from the
   log. The cursor only moves forward, and a group is meant to be read by one process at
   a time (two would each see every event).
-- A Kafka log brings its own feed: a consumer group whose committed offsets are the
-  cursor; ``mark`` notes the offset of each record whose events were all handed out and
-  ``commit`` commits those offsets.
+- ``KafkaFeed`` (``consumers/kafka_feed.py``) follows a Kafka log as a consumer group
+  whose committed offsets are the cursor; it hands out only what the projection accepted,
+  and a commit can stop in the middle of an append batch (the offset commit's metadata
+  says how many of that record's events were handled). Processes of one group share the
+  partitions between them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from modeltrail.errors import InvalidInput, ModeltrailError
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
+    from modeltrail.core.engine import RegistryEngine
     from modeltrail.core.events.sql_log import SqlLog
 
 ALIAS_TYPES = frozenset({"AliasMoved", "AliasRemoved"})
@@ -53,8 +56,10 @@ def event_document(event: Event) -> dict[str, Any]:
         data: Any = event.data
     except ModeltrailError as exc:
         data = {"undecodable": str(exc)}
-    return {
-        "position": event.position,
+    document: dict[str, Any] = {"position": event.position}
+    if event.partition:  # Kafka: the position counts within this partition
+        document["partition"] = event.partition
+    return document | {
         "event_id": str(event.event_id),
         "type": event.type,
         "stream": event.stream,
@@ -174,6 +179,10 @@ class Feed(Protocol):
     def committed(self) -> int:
         """The last committed position (for display; 0 when nothing was committed)."""
 
+    @property
+    def place(self) -> str:
+        """Where the committed progress stands, in words (for display)."""
+
     def close(self) -> None: ...
 
 
@@ -260,6 +269,10 @@ class SqlFeed:
     @property
     def committed(self) -> int:
         return self._committed
+
+    @property
+    def place(self) -> str:
+        return f"after position {self._committed}"
 
     def poll(self, timeout_s: float | None, stop: threading.Event) -> list[Event]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -364,6 +377,12 @@ class Subscription:
     def committed(self) -> int:
         return self._feed.committed
 
+    @property
+    def place(self) -> str:
+        """Where the group's committed progress stands: "after position 12" on the SQL log,
+        "resumes at registry-0 offset 7 event 2, …" (an offset per partition) on Kafka."""
+        return self._feed.place
+
     def close(self) -> None:
         """Stops handing out events (uncommitted ones come again to the next subscriber)."""
         self._closed.set()
@@ -378,3 +397,37 @@ class Subscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_feed(
+    engine: RegistryEngine,
+    group: str,
+    where: EventFilter,
+    *,
+    start: Start = "earliest",
+    actor: str = "",
+) -> Feed:
+    """The feed of subscription group ``group`` on an engine's log: a cursor row on the SQL
+    log, a consumer group (``<prefix>.subscription.<group>``) on Kafka."""
+    from modeltrail.core.events.sql_log import SqlLog
+
+    if isinstance(engine.log, SqlLog):
+        return SqlFeed(
+            engine.log,
+            SqlCursors(engine.database, engine.clock),
+            group,
+            where.log_filter,
+            start=start,
+            actor=actor,
+        )
+    from modeltrail.consumers.kafka_feed import KafkaFeed, subscription_group_id
+    from modeltrail.core.kafka_engine import KafkaEngine
+
+    if not isinstance(engine, KafkaEngine):
+        raise InvalidInput(
+            f"subscriptions follow a SQL or Kafka log: this registry's log is "
+            f"{type(engine.log).__name__}"
+        )
+    return KafkaFeed(
+        engine, subscription_group_id(engine.kafka.prefix, group), where.log_filter, start=start
+    )
