@@ -48,6 +48,7 @@ class RegistryEvents:
     sealer: Sealer = field(default_factory=lambda: Sealer(default_codec()))
     heads: dict[str, StreamHead] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
     aliases: dict[tuple[str, str], int] = field(default_factory=dict)
     linked: set[tuple[str, str, int]] = field(default_factory=set)
     registered: list[str] = field(default_factory=list)
@@ -73,7 +74,7 @@ class RegistryEvents:
             return self._create_model()
         if roll < 0.06 or not self.registered:
             return self._create_registered()
-        model = rng.choice(list(self.versions)) if roll >= 0.5 else self._recent_model(rng)
+        model = rng.choice(self.models) if roll >= 0.5 else self._recent_model(rng)
         if roll < 0.5 or self.versions[model] == 0:
             return self._version(model)
         index = rng.randrange(self.versions[model])
@@ -85,12 +86,12 @@ class RegistryEvents:
         return self._link(registered, model, index)
 
     def _recent_model(self, rng: random.Random) -> str:
-        names = list(self.versions)
-        return names[-1 - rng.randrange(min(len(names), 20))]
+        return self.models[-1 - rng.randrange(min(len(self.models), 20))]
 
     def _create_model(self) -> Draft:
         name = f"model-{len(self.versions)}"
         self.versions[name] = 0
+        self.models.append(name)
         data = {"name": name, "arch_hash": None, "description": None, "tags": {}}
         return Draft("ModelCreated", model_stream(self.namespace, name), self.namespace, data)
 

@@ -72,6 +72,13 @@ class Tx:
             self._cursor.executemany(self._convert(sql), rows)
 
 
+CACHE_PRAGMAS = ("PRAGMA cache_size=-65536", "PRAGMA mmap_size=268435456")
+"""64 MiB of page cache and 256 MiB of memory-mapped reads per connection. SQLite's
+default 2 MiB cache is outgrown by the index of random event ids at a few hundred
+thousand events; past that every append and replay reads index pages from disk (a
+1,000,000-event log loaded 5x slower with it)."""
+
+
 class LiteReader:
     """Read-only statements on an SQLite connection through the standard library alone."""
 
@@ -80,15 +87,16 @@ class LiteReader:
 
     @classmethod
     def open(cls, path: str, timeout_s: float) -> LiteReader:
-        return cls(
-            sqlite3.connect(
-                f"file:{path}?mode=ro",
-                uri=True,
-                timeout=timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+        connection = sqlite3.connect(
+            f"file:{path}?mode=ro",
+            uri=True,
+            timeout=timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
         )
+        for pragma in CACHE_PRAGMAS:
+            connection.execute(pragma)
+        return cls(connection)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return self._connection.execute(sql, params).fetchall()
@@ -218,6 +226,8 @@ def _configure_sqlite(engine: sa.Engine, durability: Durability, timeout_s: floa
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+        for pragma in CACHE_PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine, "begin")
