@@ -77,6 +77,7 @@ def subscribe(
     from modeltrail.consumers.execute import ExecConsumer
     from modeltrail.consumers.subscriptions import event_document
     from modeltrail.consumers.webhooks import Backoff
+    from modeltrail.errors import ConcurrencyConflict
 
     registry = _registry(ctx)
     sub = registry.subscribe(group, types=types or None, model=model, alias=alias, start=start)
@@ -95,7 +96,10 @@ def subscribe(
                 idle = 0.0
                 click.echo(json.dumps(event_document(event), ensure_ascii=False))
                 sys.stdout.flush()
-                sub.commit()
+                try:
+                    sub.commit()
+                except ConcurrencyConflict as exc:  # Kafka: the group's partitions moved
+                    _say(f"not committed: {exc}")
         return
     consumer = ExecConsumer(
         sub,
@@ -104,10 +108,10 @@ def subscribe(
         max_attempts=max_attempts,
         log=_say,
     )
-    _say(f"group {group} after position {sub.committed}: {sub.filter.describe()}")
+    _say(f"group {group} {sub.place}: {sub.filter.describe()}")
     with _on_signals(consumer.stop):
         status = consumer.run(idle_timeout=idle_timeout)
-    _say(f"group {group} stopped after position {sub.committed} ({consumer.handled} handled)")
+    _say(f"group {group} stopped, {sub.place} ({consumer.handled} handled)")
     sys.exit(status)
 
 

@@ -10,6 +10,8 @@ Stopping: ``stop()`` (the CLI calls it on SIGINT or SIGTERM) lets a running comm
 finish, commits it if it succeeded, and returns; a second ``stop()`` terminates the
 command, which is then not committed. Either way nothing committed is lost and nothing
 handled is skipped: at worst the event that was running is run again on the next start.
+On Kafka, a commit the consumer group refuses (its partitions moved to another member
+meanwhile) is logged, and the event is run again by whoever holds its partition next.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from modeltrail.consumers.subscriptions import ALIAS_TYPES, Subscription, event_document
 from modeltrail.consumers.webhooks import Backoff
 from modeltrail.core.events.envelope import Event, to_datetime
-from modeltrail.errors import ModeltrailError
+from modeltrail.errors import ConcurrencyConflict, ModeltrailError
 
 MAX_ENV_JSON = 100_000
 """Events whose JSON is longer go on standard input only (environments are small)."""
@@ -44,6 +46,8 @@ def event_environment(event: Event, group: str, attempt: int) -> dict[str, str]:
         "MODELTRAIL_EVENT_ACTOR": event.actor,
         "MODELTRAIL_EVENT_RECORDED_AT": to_datetime(event.recorded_at).isoformat(),
     }
+    if event.partition:  # Kafka: the position counts within this partition
+        env["MODELTRAIL_EVENT_PARTITION"] = event.partition
     if event.type in ALIAS_TYPES:
         try:
             data = event.data
@@ -121,9 +125,15 @@ class ExecConsumer:
                 env["MODELTRAIL_EVENT_JSON"] = document
             status = self._run_child(document.encode() + b"\n", env)
             label = f"position {event.position} {event.type} {event.stream}"
+            if event.partition:
+                label = f"{event.partition} {label}"
             if status == 0:
-                self.subscription.commit()
                 self.handled += 1
+                try:
+                    self.subscription.commit()
+                except ConcurrencyConflict as exc:  # Kafka: the group's partitions moved
+                    self.log(f"{label}: done (attempt {attempt}) but not committed: {exc}")
+                    return True
                 self.log(f"{label}: done (attempt {attempt})")
                 return True
             if self._stops > 1:

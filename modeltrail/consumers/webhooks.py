@@ -27,12 +27,26 @@ A failed attempt (no answer, or a status other than 2xx) is recorded as
 is honoured); after ``max_attempts`` the sender gives up on that event (recorded, with
 ``gave_up``) and goes on. ``410 Gone`` removes the webhook. Redirects are failures, as
 the specification recommends. Run one sender per registry: two would both send.
+
+Over Kafka, positions count per partition, so one ``done_through`` cannot be the place.
+There each webhook follows the log as a consumer group of its own
+(``<prefix>.webhook.<id>``, see ``consumers/kafka_feed.py``), starting with what was
+appended from its registration's moment on; it sends only events the projection
+accepted, in log order per partition, one at a time. The group's commit follows the
+delivery record, and ``webhook_deliveries`` (keyed by webhook and event id) is the guard:
+an event handed out again (a crash between the record and the commit, partitions moving)
+is passed over when its delivery is recorded. Before a webhook's first send the sender
+waits until the projection has applied every record of the webhook's own partition (where
+its delivery records go), so that a record appended just before a restart is seen. The
+window left is the same as on the SQL log: a crash between the endpoint's answer and the
+record.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
@@ -47,11 +61,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from modeltrail.consumers.subscriptions import EventFilter, event_document
+from modeltrail.consumers.subscriptions import EventFilter, Subscription, event_document
 from modeltrail.core import commands as cmd
 from modeltrail.core.batch import Batch
 from modeltrail.core.db import Database
 from modeltrail.core.events.envelope import Event, to_datetime
+from modeltrail.core.events.kafka_log import offset_of, position_of
 from modeltrail.core.events.log import LogFilter
 from modeltrail.core.events.sql_log import SqlLog
 from modeltrail.core.projections.state import read_all
@@ -64,11 +79,20 @@ from modeltrail.core.projections.webhooks import (
 )
 from modeltrail.core.refs import check_name
 from modeltrail.core.sidetables import ensure_table
-from modeltrail.errors import AlreadyExists, InvalidInput, InvalidName, LogUnavailable, NotFound
+from modeltrail.errors import (
+    AlreadyExists,
+    ConcurrencyConflict,
+    InvalidInput,
+    InvalidName,
+    LogUnavailable,
+    NotFound,
+    ProjectionTimeout,
+)
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
+    from modeltrail.core.kafka_engine import KafkaEngine
     from modeltrail.registry import Registry
 
 SECRET_PREFIX = "whsec_"
@@ -359,6 +383,10 @@ class Backoff:
 class _Progress:
     scanned: int = 0
     due_at: float = 0.0
+    subscription: Subscription | None = None
+    """Kafka: the webhook's consumer group."""
+    event: Event | None = None
+    """Kafka: the event being sent (handed out by the group, not committed yet)."""
 
 
 class WebhookSender:
@@ -385,13 +413,20 @@ class WebhookSender:
         self.timeout_s = timeout_s
         self.poll_s = poll_s
         self.wall_clock = wall_clock
-        log = registry._require_engine().log
-        if not isinstance(log, SqlLog):
-            raise InvalidInput(
-                "the webhook sender follows the SQL log (one position order); this registry's "
-                f"log is {type(log).__name__}"
-            )
-        self.log = log
+        engine = registry._require_engine()
+        self.log: SqlLog | None = None
+        self.kafka: KafkaEngine | None = None
+        if isinstance(engine.log, SqlLog):
+            self.log = engine.log
+        else:
+            from modeltrail.core.kafka_engine import KafkaEngine
+
+            if not isinstance(engine, KafkaEngine):
+                raise InvalidInput(
+                    "the webhook sender follows a SQL or Kafka log; this registry's log is "
+                    f"{type(engine.log).__name__}"
+                )
+            self.kafka = engine
         self._progress: dict[str, _Progress] = {}
 
     def run(
@@ -401,22 +436,36 @@ class WebhookSender:
         to send and no retry pending."""
         stop = stop or threading.Event()
         idle_since = time.monotonic()
-        while not stop.is_set():
-            if self.step():
-                idle_since = time.monotonic()
-                continue
-            if (
-                idle_timeout is not None
-                and not self.pending_retries()
-                and time.monotonic() - idle_since >= idle_timeout
-            ):
-                return
-            stop.wait(self._wait())
+        try:
+            while not stop.is_set():
+                if self.step():
+                    idle_since = time.monotonic()
+                    continue
+                if (
+                    idle_timeout is not None
+                    and not self.pending_retries()
+                    and time.monotonic() - idle_since >= idle_timeout
+                ):
+                    return
+                stop.wait(self._wait())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Leaves the webhooks' consumer groups (Kafka); what was handed out and not yet
+        recorded comes again to the next sender."""
+        for progress in self._progress.values():
+            self._leave(progress)
 
     def step(self) -> bool:
         """One attempt for each webhook that has an event due; True when any was made."""
         attempted = False
-        for hook in self._active():
+        active = self._active()
+        ids = {hook.webhook_id for hook in active}
+        for webhook_id, progress in self._progress.items():
+            if webhook_id not in ids:
+                self._leave(progress)
+        for hook in active:
             progress = self._progress.setdefault(hook.webhook_id, _Progress())
             if time.monotonic() < progress.due_at:
                 continue
@@ -439,11 +488,10 @@ class WebhookSender:
         return [r for r in read_all(self.registry._read.query, WEBHOOKS) if r.active]
 
     def _next_event(self, hook: WebhookRow, progress: _Progress) -> Event | None:
-        where = EventFilter(
-            None if hook.types == "[]" else frozenset(json.loads(hook.types)),
-            None if hook.owner is None else (str(hook.owner_namespace), hook.owner),
-            hook.alias,
-        )
+        if self.kafka is not None:
+            return self._next_kafka_event(hook, progress)
+        assert self.log is not None
+        where = _filter_of(hook)
         after = max(hook.done_through, progress.scanned)
         for event in self.log.read(after=after, where=LogFilter(types=where.types)):
             if event.type not in WEBHOOK_TYPES and where.matches(event):
@@ -451,10 +499,79 @@ class WebhookSender:
             progress.scanned = event.position
         return None
 
+    def _next_kafka_event(self, hook: WebhookRow, progress: _Progress) -> Event | None:
+        if progress.event is None:
+            if progress.subscription is None:
+                progress.subscription = self._subscribe(hook)
+            while (event := progress.subscription.poll(0)) is not None:
+                if event.type not in WEBHOOK_TYPES:
+                    progress.event = event
+                    break
+        return progress.event
+
+    def _subscribe(self, hook: WebhookRow) -> Subscription:
+        """The webhook's consumer group, starting at its registration's moment."""
+        from modeltrail.consumers.kafka_feed import KafkaFeed
+
+        engine = self.kafka
+        assert engine is not None
+        added = engine.database.reader().one(
+            "SELECT partition, appended_at FROM log_events WHERE stream = ? "
+            "AND stream_version = 0 AND status = 'accepted'",
+            (_stream(hook.namespace, hook.webhook_id),),
+        )
+        if added is None:
+            raise NotFound(
+                f"webhook {hook.webhook_id!r} has no WebhookAdded event in the projection's "
+                "mirror of the log: the projection is damaged; rebuild it"
+            )
+        self._await_projection(engine, str(added[0]))
+        where = _filter_of(hook)
+        feed = KafkaFeed(
+            engine,
+            f"{engine.kafka.prefix}.webhook.{hook.webhook_id}",
+            where.log_filter,
+            start=int(added[1]),
+        )
+        return Subscription(f"webhook-{hook.webhook_id}", feed, where)
+
+    @staticmethod
+    def _await_projection(engine: KafkaEngine, partition: str) -> None:
+        """Waits until the projection has applied every record of ``partition`` appended
+        so far: delivery records appended just before a restart are then seen."""
+        end = engine.kafka.end_offsets([partition])[partition]
+        if end == 0:
+            return
+        wanted = position_of(end - 1, 0)
+        deadline = time.monotonic() + engine.wait_s
+        while (reached := engine.log.checkpoints().get(partition, 0)) < wanted:
+            if time.monotonic() > deadline:
+                raise ProjectionTimeout(
+                    f"the projection in {engine.database.url!r} has not applied {partition} up "
+                    f"to offset {end - 1} after {engine.wait_s:g}s (it is at offset "
+                    f"{offset_of(reached)}): the webhook sender waits for it so as to see every "
+                    "delivery already recorded. Is a projector running?"
+                )
+            time.sleep(0.01)
+
+    def _leave(self, progress: _Progress) -> None:
+        if progress.subscription is not None:
+            progress.subscription.close()
+        progress.subscription = progress.event = None
+
+    def _passed(self, progress: _Progress, event: Event) -> None:
+        """The sender is done with ``event``: sent, given up on, or recorded already."""
+        progress.scanned, progress.due_at = event.position, 0.0
+        if progress.subscription is not None:
+            progress.event = None
+            # a refused commit (its partition moved): it comes again, its record keeps it unsent
+            with contextlib.suppress(ConcurrencyConflict):
+                progress.subscription.commit()
+
     def _attempt(self, hook: WebhookRow, event: Event, progress: _Progress) -> None:
         event_id = str(event.event_id)
         if self.registry._read.get(WEBHOOK_DELIVERIES, hook.webhook_id, event_id) is not None:
-            progress.scanned = event.position  # recorded already (by another sender)
+            self._passed(progress, event)  # recorded already (by another sender, or before)
             return
         attempt = hook.retry_attempts + 1 if hook.retry_event_id == event_id else 1
         body = body_of(event)
@@ -476,7 +593,7 @@ class WebhookSender:
                     "attempts": attempt,
                 },
             )
-            progress.scanned, progress.due_at = event.position, 0.0
+            self._passed(progress, event)
             return
         gone = answer.status == 410
         gave_up = gone or attempt >= self.max_attempts
@@ -499,7 +616,7 @@ class WebhookSender:
         if gone:
             _write_removal(self.registry, hook, "the endpoint answered 410 Gone")
         if retry_in is None:
-            progress.scanned, progress.due_at = event.position, 0.0
+            self._passed(progress, event)
         else:
             progress.due_at = time.monotonic() + retry_in
 
@@ -517,6 +634,14 @@ class WebhookSender:
                 if wait is None:
                     raise
                 time.sleep(wait)
+
+
+def _filter_of(hook: WebhookRow) -> EventFilter:
+    return EventFilter(
+        None if hook.types == "[]" else frozenset(json.loads(hook.types)),
+        None if hook.owner is None else (str(hook.owner_namespace), hook.owner),
+        hook.alias,
+    )
 
 
 def _retry_after(answer: Answer) -> float | None:
