@@ -14,13 +14,12 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, percentile
+from common import machine, percentile, scratch
 
 import modeltrail as mt
 
@@ -30,7 +29,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch() as tmp:
         reg = mt.open(tmp, actor="bench", namespace="bench")
         for i in range(100):
             reg.log_version("m", {"model.bin": f"weights {i}".encode()})

@@ -6,14 +6,28 @@ import itertools
 import platform
 import random
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from modeltrail.core.events.codec import default_codec
 from modeltrail.core.events.envelope import EMPTY_STREAM, Draft, Event, StreamHead
 from modeltrail.core.events.seal import Sealer
 from modeltrail.core.refs import model_stream, namespace_stream, registered_stream
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def scratch() -> tempfile.TemporaryDirectory[str]:
+    """A scratch directory under bench/out, where a user's ./.modeltrail would be.
+
+    Not /tmp: on the machines these figures come from, creating a file under /tmp
+    costs 235-380 µs against 9 µs under the project directory (same ext4 device), and a
+    version upload creates one file per new blob."""
+    OUT.mkdir(exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=OUT)
 
 
 def machine() -> str:

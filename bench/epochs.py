@@ -18,13 +18,12 @@ import itertools
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, median_of, timed
+from common import machine, median_of, scratch, timed
 
 import modeltrail as mt
 from modeltrail.core.db import Database
@@ -124,7 +123,7 @@ def main() -> None:
     parser.add_argument("--record", type=int, default=2000, help="batches to record")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch() as tmp:
         work = Path(tmp)
         median, values = median_of(args.runs, lambda: record_rate(work, args.record))
         print(

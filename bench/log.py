@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RegistryEvents, machine, median_of, timed
+from common import RegistryEvents, machine, median_of, scratch, timed
 
 from modeltrail.core.db import Database
 from modeltrail.core.engine import Engine
@@ -112,7 +111,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch() as tmp:
         work = Path(tmp)
         prepared = batches(50_000)
         for synchronous in ("NORMAL", "FULL"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from common import machine
+from common import machine, scratch
 from torch import nn
 
 import modeltrail as mt
@@ -177,7 +176,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         models.append(("resnet18", resnet18))
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch() as tmp:
         for name, make in models:
             for train in (False, True):
                 measure(name, make(), device, Path(tmp), args.steps, args.runs, train)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, percentile
+from common import machine, percentile, scratch
 
 import modeltrail as mt
 
@@ -148,7 +147,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch() as tmp:
         work = Path(tmp)
         systems: list[System] = [
             Modeltrail(work / "normal", "normal"),
