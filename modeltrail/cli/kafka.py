@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 import click
@@ -29,6 +28,8 @@ def run_projector(registry: Registry, group: str) -> None:
     from modeltrail.consumers.projector import run_worker
 
     engine = _engine(registry)
+    import logging  # here, not at the top: every other command would pay for it
+
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     click.echo(
         f"projecting {', '.join(engine.kafka.topics.values())} into {engine.database.url} "
