@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 import modeltrail as mt
 from modeltrail.cli import main
-from modeltrail.consumers.kafka_feed import subscription_group_id
+from modeltrail.consumers.kafka_feed import KafkaFeed, subscription_group_id
 from modeltrail.consumers.subscriptions import Subscription
 from modeltrail.consumers.webhooks import Backoff, Webhooks, WebhookSender
 from modeltrail.core.events.envelope import Event
@@ -277,6 +277,49 @@ def test_rewind_and_close_from_another_thread(team: Team) -> None:
     waiter.join(WAIT)
     assert not waiter.is_alive()
     assert result == [None]
+
+
+def test_members_of_one_group_share_its_partitions(team: Team) -> None:
+    reg = team.open("alice")
+    # namespaces keyed into partitions 0 and 2, which a range assignment of the 4
+    # registry partitions gives to different members
+    for namespace in ("team", "research"):
+        reg.log_version(f"{namespace}/m", {"w": b"0"})
+    one = reg.subscribe("deploy", alias="production", start="latest")
+    two = reg.subscribe("deploy", alias="production", start="latest")
+    deadline = time.monotonic() + WAIT
+    while not (_assigned(one) and _assigned(two)):
+        assert time.monotonic() < deadline, "the group never gave both members partitions"
+        assert one.poll(0.05) is None and two.poll(0.05) is None
+    assert _assigned(one).isdisjoint(_assigned(two))
+    assert len(_assigned(one) | _assigned(two)) == 4
+
+    reg.set_alias("team/m:v0", "production")
+    reg.set_alias("research/m:v0", "production")
+    got: dict[str, list[Event]] = {"one": [], "two": []}
+    while len(got["one"]) + len(got["two"]) < 2:
+        assert time.monotonic() < deadline + WAIT, f"only {got} came"
+        for name, sub in (("one", one), ("two", two)):
+            if (event := sub.poll(0.05)) is not None:
+                got[name].append(event)
+                sub.commit()
+    assert [len(got["one"]), len(got["two"])] == [1, 1]
+    assert got["one"][0].partition in _assigned(one)
+    assert got["two"][0].partition in _assigned(two)
+    for sub in (one, two):
+        sub.close()
+    reg.set_alias("research/m:v0", "staging")
+    reg.remove_alias("team/m", "production")
+    alone = reg.subscribe("deploy", alias="production")  # both members' commits hold
+    assert [e.type for e in _take(alone, 1)] == ["AliasRemoved"]
+    assert _rest(alone) == []
+    alone.close()
+
+
+def _assigned(sub: Subscription) -> set[str]:
+    """The partitions a member holds now."""
+    feed: KafkaFeed = sub._feed  # type: ignore[assignment]
+    return set(feed._owned)
 
 
 # -- subscribe --exec -------------------------------------------------------------------
