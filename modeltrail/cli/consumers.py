@@ -162,7 +162,10 @@ def webhook_list(ctx: click.Context, include_removed: bool, as_json: bool) -> No
     """List webhooks and how their deliveries stand."""
     from modeltrail.consumers.webhooks import Webhooks
 
-    found = Webhooks(_registry(ctx)).all(include_removed=include_removed)
+    registry = _registry(ctx)
+    found = Webhooks(registry).all(include_removed=include_removed)
+    # over Kafka a webhook's place is its consumer group's offsets, one per partition
+    on_kafka = registry.settings.kafka is not None
     if as_json:
         _echo_json(found)
         return
@@ -175,7 +178,7 @@ def webhook_list(ctx: click.Context, include_removed: bool, as_json: bool) -> No
                 _filter_text(h),
                 h.delivered,
                 h.failed,
-                h.done_through,
+                "-" if on_kafka else h.done_through,
                 "yes" if h.active else "no",
             )
             for h in found
