@@ -217,7 +217,7 @@ class KafkaFeed:
                     now = time.monotonic()
                     if polled and deadline is not None and now >= deadline:
                         break
-                    waiting = any(self._held.values())
+                    waiting = any(q for name, q in self._held.items() if name in self._owned)
                     wait_ms = self.poll_s * 1000 if waiting else IDLE_POLL_MS
                     if deadline is not None:
                         wait_ms = min(wait_ms, (deadline - now) * 1000)
@@ -457,7 +457,7 @@ class KafkaFeed:
         for tp, messages in batch.items():
             name = kafka.partition_name(tp.topic, tp.partition)
             queue = self._held.get(name)
-            if queue is None:
+            if queue is None or name not in self._owned:
                 continue  # not this member's any more
             queue.extend(kafka.record(name, m.offset, m.timestamp, m.value) for m in messages)
             if queue:
@@ -465,7 +465,8 @@ class KafkaFeed:
 
     def _release(self) -> list[Event]:
         """The accepted, wanted events of every held record the projection has decided."""
-        waiting = [name for name, queue in self._held.items() if queue]
+        # partitions revoked by a rebalance still under way wait for its assignment
+        waiting = [name for name, queue in self._held.items() if queue and name in self._owned]
         if not waiting:
             return []
         done = self.engine.log.checkpoints()
