@@ -26,7 +26,6 @@ import importlib.util
 import multiprocessing as mp
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 
-from common import machine, percentile  # noqa: E402
+from common import machine, percentile, scratch  # noqa: E402
 
 import modeltrail as mt  # noqa: E402
 
@@ -144,11 +143,11 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.backend in ("sqlite", "both"):
-        with tempfile.TemporaryDirectory() as work:
+        with scratch() as work:
             options = {"home": str(Path(work) / "home"), "actor": "bench", "namespace": "bench"}
             report("SQLite", args.moves, args.gap_ms, *measure(options, args.moves, args.gap_ms))
     if args.backend in ("kafka", "both"):
-        with tempfile.TemporaryDirectory() as work, kafka_registry(Path(work)) as (options, how):
+        with scratch() as work, kafka_registry(Path(work)) as (options, how):
             latencies, writes = measure(options, args.moves, args.gap_ms)
             label = f"Kafka + PostgreSQL projection (servers {how})"
             report(label, args.moves, args.gap_ms, latencies, writes)
