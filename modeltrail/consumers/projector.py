@@ -102,6 +102,9 @@ class Projector:
                         "registry once (it creates the topics) before starting projectors"
                     )
             consumer.subscribe(list(kafka.topics.values()), listener=_Seeker(self, consumer))
+            # Fresh metadata before the first join: a group leader that assigns before its
+            # metadata arrives assigns nothing and the group rebalances again at once.
+            kafka._call(consumer.topics, "cannot read topics")
             idle_since = time.monotonic()
             while not self._stop.is_set():
                 batch = consumer.poll(timeout_ms=self.poll_ms, max_records=self.max_records)
