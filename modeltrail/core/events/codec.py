@@ -43,25 +43,43 @@ def _parsed(raw: Mapping[str, Any]) -> Any:
 
 
 class Codec:
-    """Encodes and decodes event payloads for a fixed set of schemas."""
+    """Encodes and decodes event payloads for a fixed set of schemas.
+
+    The schemas are parsed on first use, not on construction: an engine always has a
+    codec, and a command line that only reads never encodes or decodes (parsing them all
+    is a fifth of such a process's start-up)."""
 
     def __init__(
         self,
         current: Mapping[str, Mapping[str, Any]],
         released: Sequence[tuple[str, Mapping[str, Any]]] = (),
     ) -> None:
+        self._current = current
+        self._released = released
+
+    def __getattr__(self, name: str) -> Any:
+        # Runs only while an attribute is missing: the first use parses, then the parsed
+        # attributes are ordinary instance attributes (no cost on the hot path).
+        if name not in ("_read", "_write", "_writers", "_by_fingerprint"):
+            raise AttributeError(name)
+        self._load()
+        return self.__dict__[name]
+
+    def _load(self) -> None:
         from fastavro import schemaless_reader, schemaless_writer
 
+        writers: dict[str, tuple[bytes, Any]] = {}
+        by_fingerprint: dict[bytes, tuple[str, Any]] = {}
+        for type_, raw in self._current.items():
+            fp, parsed = schema_fingerprint(raw), _parsed(raw)
+            writers[type_] = (fp, parsed)
+            by_fingerprint[fp] = (type_, parsed)
+        for type_, raw in self._released:
+            by_fingerprint.setdefault(schema_fingerprint(raw), (type_, _parsed(raw)))
         self._read = schemaless_reader
         self._write = schemaless_writer
-        self._writers: dict[str, tuple[bytes, Any]] = {}
-        self._by_fingerprint: dict[bytes, tuple[str, Any]] = {}
-        for type_, raw in current.items():
-            fp, parsed = schema_fingerprint(raw), _parsed(raw)
-            self._writers[type_] = (fp, parsed)
-            self._by_fingerprint[fp] = (type_, parsed)
-        for type_, raw in released:
-            self._by_fingerprint.setdefault(schema_fingerprint(raw), (type_, _parsed(raw)))
+        self._writers = writers
+        self._by_fingerprint = by_fingerprint
 
     @property
     def types(self) -> frozenset[str]:
