@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
@@ -120,28 +120,40 @@ def libpq_url(url: str) -> str:
 
 
 @pytest.fixture
-def pg_database(postgres_url: str) -> Iterator[str]:
-    """A new, empty database for this test; yields its SQLAlchemy URL, drops it afterwards."""
+def pg_databases(postgres_url: str) -> Iterator[Callable[[], str]]:
+    """Makes new, empty databases on demand (their SQLAlchemy URLs); drops them after."""
     try:
         import psycopg
         from psycopg import sql
     except ImportError as exc:
         _unavailable(f"psycopg is not installed: {exc}")
-    name = f"test_{uuid.uuid4().hex}"
     admin = libpq_url(postgres_url)
-    try:
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"test_{uuid.uuid4().hex}"
+        try:
+            with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg.OperationalError as exc:
+            _unavailable(f"PostgreSQL at {admin} is not reachable: {exc}".splitlines()[0], str(exc))
+        made.append(name)
+        return _with_database(postgres_url, name)
+
+    yield make
+    if made:
         with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.OperationalError as exc:
-        _unavailable(f"PostgreSQL at {admin} is not reachable: {exc}".splitlines()[0], str(exc))
-    try:
-        yield _with_database(postgres_url, name)
-    finally:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-            # FORCE (PostgreSQL 13+) ends connections a test left open, e.g. an undisposed pool.
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            for name in made:
+                # FORCE (PostgreSQL 13+) ends connections a test left open (an undisposed pool).
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+
+@pytest.fixture
+def pg_database(pg_databases: Callable[[], str]) -> str:
+    """A new, empty database for this test (its SQLAlchemy URL), dropped afterwards."""
+    return pg_databases()
 
 
 @pytest.fixture

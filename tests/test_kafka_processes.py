@@ -15,7 +15,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from modeltrail.core.kafka_engine import KafkaEngine, open_kafka_engine
 from modeltrail.core.projections.runner import export
 from modeltrail.errors import LogUnavailable
 from tests.kafka_traffic import mixed_traffic
-from tests.services import _services, _with_database, libpq_url
+from tests.services import _services
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -65,29 +64,6 @@ while True:  # trainers race for the next version number: the loser decides agai
 run.finish()
 print(version.label)
 """
-
-
-@pytest.fixture
-def databases(postgres_url: str) -> Iterator[Callable[[], str]]:
-    """Makes empty PostgreSQL databases on demand; drops them afterwards."""
-    import psycopg
-    from psycopg import sql
-
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"test_{uuid.uuid4().hex}"
-        with psycopg.connect(libpq_url(postgres_url), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        made.append(name)
-        return _with_database(postgres_url, name)
-
-    yield make
-    with psycopg.connect(libpq_url(postgres_url), autocommit=True) as conn:
-        for name in made:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def _worker(db: str, bootstrap: str, prefix: str, batch: int = 500) -> subprocess.Popen[bytes]:
@@ -139,9 +115,9 @@ def _append_all(kafka: KafkaLog, batches: list[list[Any]]) -> None:
 
 
 def test_trainers_in_several_processes_write_at_once(
-    kafka_bootstrap: str, kafka_prefix: str, databases: Callable[[], str], tmp_path: Path
+    kafka_bootstrap: str, kafka_prefix: str, pg_databases: Callable[[], str], tmp_path: Path
 ) -> None:
-    db = databases()
+    db = pg_databases()
     admin = mt.open(
         tmp_path / "admin", kafka=kafka_bootstrap, kafka_prefix=kafka_prefix, db=db,
         actor="admin", namespace="team",
@@ -176,14 +152,14 @@ def test_trainers_in_several_processes_write_at_once(
         assert admin.run_info("shared", f"run{i}").status == "finished"
     report = admin.verify()
     assert report.ok, report.problems
-    assert _rebuilt_export(databases(), kafka_bootstrap, kafka_prefix) == admin.export()
+    assert _rebuilt_export(pg_databases(), kafka_bootstrap, kafka_prefix) == admin.export()
     admin.close()
 
 
 def test_a_projector_killed_mid_batch_resumes_to_exactly_a_clean_rebuild(
-    kafka_bootstrap: str, kafka_prefix: str, databases: Callable[[], str]
+    kafka_bootstrap: str, kafka_prefix: str, pg_databases: Callable[[], str]
 ) -> None:
-    db = databases()
+    db = pg_databases()
     engine = open_kafka_engine(Database(db), kafka_bootstrap, prefix=kafka_prefix)
     batches = mixed_traffic(namespaces=4, runs=3, batches=1200, events_per_batch=20)
     _append_all(engine.kafka, batches)
@@ -212,7 +188,7 @@ def test_a_projector_killed_mid_batch_resumes_to_exactly_a_clean_rebuild(
     )
     assert {s for s, _ in statuses} == {"accepted", "duplicate", "rejected"}
     assert kills == 2
-    assert _rebuilt_export(databases(), kafka_bootstrap, kafka_prefix) == live
+    assert _rebuilt_export(pg_databases(), kafka_bootstrap, kafka_prefix) == live
     engine.close()
 
 

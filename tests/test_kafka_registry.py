@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -117,31 +116,6 @@ def team(
         yield made
     finally:
         made.close()
-
-
-@pytest.fixture
-def fresh_db(postgres_url: str) -> Iterator[Callable[[], str]]:
-    """Makes more empty PostgreSQL databases (rebuild targets); drops them afterwards."""
-    import psycopg
-    from psycopg import sql
-
-    from tests.services import _with_database, libpq_url
-
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"test_{uuid.uuid4().hex}"
-        with psycopg.connect(libpq_url(postgres_url), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        made.append(name)
-        return _with_database(postgres_url, name)
-
-    yield make
-    with psycopg.connect(libpq_url(postgres_url), autocommit=True) as conn:
-        for name in made:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def _in_thread(action: Callable[[], T]) -> tuple[threading.Thread, list[Any]]:
@@ -335,7 +309,7 @@ def test_inference_batches_go_to_their_own_topic_and_fold_into_epochs(team: Team
 
 
 def test_a_rebuild_of_the_postgres_projection_from_offset_0_equals_the_live_one(
-    team: Team, fresh_db: Callable[[], str]
+    team: Team, pg_databases: Callable[[], str]
 ) -> None:
     team.start_projector()
     alice, bob = team.open("alice"), team.open("bob")
@@ -356,7 +330,7 @@ def test_a_rebuild_of_the_postgres_projection_from_offset_0_equals_the_live_one(
     live = alice.export()
     assert any(line.startswith('["rejections"') for line in live)
 
-    rebuilt = team.engine(fresh_db())
+    rebuilt = team.engine(pg_databases())
     rebuilt.rebuild()
     from modeltrail.core.projections.runner import export
 
@@ -373,7 +347,7 @@ def test_a_rebuild_of_the_postgres_projection_from_offset_0_equals_the_live_one(
 
 
 def test_an_unreadable_record_is_rejected_and_the_projection_carries_on(
-    team: Team, fresh_db: Callable[[], str]
+    team: Team, pg_databases: Callable[[], str]
 ) -> None:
     from kafka import KafkaProducer
 
@@ -387,7 +361,7 @@ def test_an_unreadable_record_is_rejected_and_the_projection_carries_on(
     assert [m.name for m in reg.models()] == ["after", "before"]
     (reason,) = [r[0] for r in reg._read.query.rows("SELECT reason FROM rejections")]
     assert str(reason).startswith("IntegrityError: Kafka record registry-")
-    rebuilt = team.engine(fresh_db())
+    rebuilt = team.engine(pg_databases())
     rebuilt.rebuild()
     from modeltrail.core.projections.runner import export
 

@@ -28,12 +28,19 @@ from modeltrail.core.events.envelope import Event
 from modeltrail.core.events.kafka_log import KafkaLog, offset_of
 from modeltrail.errors import ConcurrencyConflict, QuotaExceeded
 from tests.test_kafka_registry import Team
+from tests.test_subscriptions import _take as take
 from tests.test_webhooks import Endpoint, endpoint, verify
 
 __all__ = ["endpoint"]  # the real HTTP server fixture, shared with the SQL webhook tests
 
 T = TypeVar("T")
 WAIT = 30.0
+
+
+def _take(sub: Subscription, count: int) -> list[Event]:
+    return take(sub, count, WAIT)
+
+
 """The longest a test waits for something that should happen."""
 QUIET = 1.0
 """How long a joined member polls to show that nothing more comes."""
@@ -50,16 +57,6 @@ def team(
         yield made
     finally:
         made.close()
-
-
-def _take(sub: Subscription, count: int) -> list[Event]:
-    """The next ``count`` events, each waited for up to WAIT seconds."""
-    found: list[Event] = []
-    for _ in range(count):
-        event = sub.poll(WAIT)
-        assert event is not None, f"only {len(found)} of {count} events came"
-        found.append(event)
-    return found
 
 
 def _rest(sub: Subscription) -> list[Event]:

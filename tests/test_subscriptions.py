@@ -57,11 +57,11 @@ def _moves(events: list[Event]) -> list[tuple[str, str, int]]:
     return [(e.data["owner"], e.data["alias"], e.data["to_index"]) for e in events]
 
 
-def _take(sub: Subscription, count: int) -> list[Event]:
-    """The next ``count`` events, each waited for up to WAIT seconds."""
+def _take(sub: Subscription, count: int, wait: float = WAIT) -> list[Event]:
+    """The next ``count`` events, each waited for up to ``wait`` seconds."""
     found: list[Event] = []
     for _ in range(count):
-        event = sub.poll(WAIT)
+        event = sub.poll(wait)
         assert event is not None, f"only {len(found)} of {count} events came"
         found.append(event)
     return found
