@@ -71,9 +71,10 @@ def uuid_from_bytes(raw: bytes) -> uuid.UUID:
     return made
 
 
-def event_from_row(row: Row) -> Event:
+def event_from_row(row: Row, partition: str = "") -> Event:
+    """An event from a row of COLUMNS (the log's table, or a mirror of it)."""
     return Event(
-        uuid_from_bytes(row[1]),
+        uuid_from_bytes(bytes(row[1])),
         row[2],
         row[3],
         row[4],
@@ -85,7 +86,7 @@ def event_from_row(row: Row) -> Event:
         bytes(row[11]),
         bytes(row[12]),
         row[0],
-        "",
+        partition,
         row[7],
     )
 

@@ -27,7 +27,7 @@ from modeltrail.core.db import Database, Query, Row
 from modeltrail.core.events.envelope import EMPTY_STREAM, Event, StreamHead
 from modeltrail.core.events.kafka_log import Record
 from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter
-from modeltrail.core.events.sql_log import _filter_sql, uuid_from_bytes
+from modeltrail.core.events.sql_log import _filter_sql, event_from_row
 from modeltrail.core.projections.runner import Runner
 from modeltrail.core.projections.state import Journal, MemoryState, Overlay, Spec, State
 from modeltrail.core.projections.tables import CHECKPOINTS, CheckpointRow
@@ -90,22 +90,8 @@ def mirror_row(event: Event, status: str) -> LogEventRow:
 
 
 def event_from_mirror(row: Row) -> Event:
-    return Event(
-        uuid_from_bytes(bytes(row[2])),
-        row[3],
-        row[4],
-        row[5],
-        row[6],
-        row[7],
-        row[9],
-        bytes(row[10]),
-        bytes(row[11]),
-        bytes(row[12]),
-        bytes(row[13]),
-        row[1],
-        row[0],
-        row[8],
-    )
+    """A mirror row is the partition, then the log's own columns (and the status)."""
+    return event_from_row(row[1:], partition=row[0])
 
 
 class RecordRunner(Runner):
