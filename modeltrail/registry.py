@@ -47,7 +47,7 @@ from modeltrail.errors import (
 )
 
 if TYPE_CHECKING:
-    from modeltrail.consumers.subscriptions import Subscription
+    from modeltrail.consumers.subscriptions import EventFilter, Subscription
     from modeltrail.core.promotion import PromotionRules
     from modeltrail.producers.run import Run
 
@@ -512,7 +512,7 @@ class Registry:
         stops after ``timeout`` seconds without a matching event (None: never). Over Kafka
         the group is the consumer group ``<kafka_prefix>.subscription.<group>``, and only
         events the projection accepted are handed out."""
-        from modeltrail.consumers.subscriptions import EventFilter, Subscription, open_feed
+        from modeltrail.consumers.subscriptions import Subscription, open_feed
 
         check_name(group, "subscription group")
         if self._until is not None:
@@ -522,18 +522,8 @@ class Registry:
             )
         if start not in ("earliest", "latest"):
             raise InvalidInput(f"start {start!r} is invalid: use 'earliest' or 'latest'")
-        if alias is not None:
-            check_name(alias, "alias")
-        owner = None
-        if model is not None:
-            if ":" in model:
-                raise InvalidName(f"model {model!r} is invalid here: name a model, not a version")
-            parsed = self._ref(model)
-            owner = (parsed.ns, parsed.name)
+        where = self._event_filter(types, model, alias)
         engine = self._require_engine()
-        where = EventFilter.build(
-            types=types, owner=owner, alias=alias, known_types=engine.codec.types
-        )
         feed = open_feed(
             engine,
             group,
@@ -542,6 +532,25 @@ class Registry:
             actor=self.actor,
         )
         return Subscription(group, feed, where, timeout=timeout)
+
+    def _event_filter(
+        self, types: Iterable[str] | None, model: str | None, alias: str | None
+    ) -> EventFilter:
+        """The filter of a subscription or webhook: ``types`` (known ones), the events of
+        ``model`` (a model or registered model, ``[ns/]name``) and the moves of ``alias``."""
+        from modeltrail.consumers.subscriptions import EventFilter
+
+        if alias is not None:
+            check_name(alias, "alias")
+        owner = None
+        if model is not None:
+            if ":" in model:
+                raise InvalidName(f"model {model!r} is invalid here: name a model, not a version")
+            parsed = self._ref(model)
+            owner = (parsed.ns, parsed.name)
+        return EventFilter.build(
+            types=types, owner=owner, alias=alias, known_types=self._require_engine().codec.types
+        )
 
     def catch_up(self) -> int:
         """Applies log events the projections have not seen; returns the position reached."""

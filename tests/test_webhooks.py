@@ -25,7 +25,7 @@ from modeltrail.consumers.webhooks import (
     secret_key,
     sign,
 )
-from modeltrail.errors import InvalidInput, NotFound
+from modeltrail.errors import InvalidInput, InvalidName, NotFound
 
 FAST = Backoff(base_s=0.01, factor=2.0, max_s=0.05, jitter=0.0)
 
@@ -293,3 +293,21 @@ def test_bad_webhooks_are_refused_naming_the_rule(reg: mt.Registry) -> None:
     assert hooks.all() == []
     with pytest.raises(NotFound, match="removed already"):
         hooks.remove(hook.webhook_id)
+
+
+@pytest.mark.parametrize(
+    ("filters", "error", "rule"),
+    [
+        ({"types": ["AliasMovd"]}, InvalidInput, "AliasMovd is unknown"),
+        ({"types": ["VersionLogged"], "alias": "production"}, InvalidInput, "only matches"),
+        ({"model": "m:v1"}, InvalidName, "not a version"),
+        ({"alias": "a b"}, InvalidName, "alias 'a b'"),
+    ],
+)
+def test_webhooks_and_subscriptions_refuse_the_same_filters(
+    reg: mt.Registry, filters: dict[str, Any], error: type[Exception], rule: str
+) -> None:
+    with pytest.raises(error, match=rule):
+        Webhooks(reg).add("http://127.0.0.1/x", **filters)
+    with pytest.raises(error, match=rule):
+        reg.subscribe("g", **filters)

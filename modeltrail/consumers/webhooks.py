@@ -77,13 +77,11 @@ from modeltrail.core.projections.webhooks import (
     WebhookDeliveryRow,
     WebhookRow,
 )
-from modeltrail.core.refs import check_name
 from modeltrail.core.sidetables import ensure_table
 from modeltrail.errors import (
     AlreadyExists,
     ConcurrencyConflict,
     InvalidInput,
-    InvalidName,
     LogUnavailable,
     NotFound,
     ProjectionTimeout,
@@ -223,18 +221,8 @@ class Webhooks:
         _check_url(url)
         secret = new_secret() if secret is None else secret
         fingerprint = secret_id(secret)
-        owner = None
-        if model is not None:
-            if ":" in model:
-                raise InvalidName(f"model {model!r} is invalid here: name a model, not a version")
-            parsed = self.registry._ref(model)
-            owner = (parsed.ns, parsed.name)
-        where = EventFilter.build(
-            types=types,
-            owner=owner,
-            alias=None if alias is None else check_name(alias, "alias"),
-            known_types=self.registry._require_engine().codec.types,
-        )
+        where = self.registry._event_filter(types, model, alias)
+        owner = where.owner
         if where.types is not None and where.types & WEBHOOK_TYPES:
             raise InvalidInput(
                 f"types {sorted(where.types & WEBHOOK_TYPES)} are about webhooks themselves, "
