@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ import modeltrail as mt
 from modeltrail.cli import main
 from modeltrail.core import commands as cmd
 from modeltrail.core.projections.epochs import evaluate, pack, unpack
-from modeltrail.errors import LogUnavailable
+from modeltrail.errors import LogUnavailable, ProjectionTimeout
 from modeltrail.producers.run import Run
 from modeltrail.producers.spool import Entry, Spool, open_run, outbox_for, spool_of
 from tests.conftest import ManualClock
@@ -289,6 +290,56 @@ def test_a_flush_that_did_not_land_is_sent_again_once(
     spool.flush(trainer)
     assert recorded_ids(trainer) == ([[9]] if others_wrote else []) + [[0], [1]]
     assert trainer.verify().ok
+    del run
+
+
+def test_a_chunk_a_slow_projector_has_not_decided_stays_in_flight(
+    trainer: mt.Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Kafka a write may return ProjectionTimeout: the chunk is in the log, undecided.
+    It is neither rejected nor retried entry by entry; the next flush re-sends it."""
+    run = trainer.run("m", "r")
+    spool = spool_of(trainer)
+    outbox = outbox_for(trainer)
+
+    def spool_batches(ids: list[int]) -> None:
+        spool.append(
+            [
+                outbox.entry("inference", "team", {"model": "m", "run": "r", "batch": batch([n])})
+                for n in ids
+            ]
+        )
+
+    engine = trainer._require_engine()
+    write = engine.write
+    writes = []
+
+    def slow_projector(decide: Any, *, actor: str) -> Any:
+        writes.append(actor)
+        write(decide, actor=actor)  # the record is in the log...
+        raise ProjectionTimeout("the projection has not applied it yet")  # ...undecided
+
+    spool_batches([0, 1, 2])
+    monkeypatch.setattr(engine, "write", slow_projector)
+    with pytest.raises(ProjectionTimeout):
+        spool.flush(trainer)
+    assert len(writes) == 1
+    status = spool.status()
+    assert (status.pending, status.in_flight, status.rejected) == (3, 3, 0)
+    monkeypatch.undo()
+    assert spool.flush(trainer).flushed == 3  # re-sent: the log made it a no-op
+    assert recorded_ids(trainer) == [[0], [1], [2]]
+
+    spool_batches([3])
+    monkeypatch.setattr(engine, "write", slow_projector)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a slow projector needs no person
+        outbox._try_flush()
+    assert spool.status().in_flight == 1 and spool.status().rejected == 0
+    monkeypatch.undo()
+    spool.flush(trainer)
+    assert recorded_ids(trainer) == [[0], [1], [2], [3]]
+    assert not spool.has_pending() and trainer.verify().ok
     del run
 
 

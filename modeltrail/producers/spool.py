@@ -59,7 +59,13 @@ from modeltrail.core import commands as cmd
 from modeltrail.core.batch import Batch
 from modeltrail.core.events.envelope import Event, to_datetime
 from modeltrail.core.events.seal import Sealer
-from modeltrail.errors import ConcurrencyConflict, IntegrityError, LogUnavailable, ModeltrailError
+from modeltrail.errors import (
+    ConcurrencyConflict,
+    IntegrityError,
+    LogUnavailable,
+    ModeltrailError,
+    ProjectionTimeout,
+)
 
 try:
     import fcntl
@@ -72,6 +78,11 @@ if TYPE_CHECKING:
 
 CHUNK = 256
 """Entries replayed per transaction when flushing."""
+
+UNDECIDED = (LogUnavailable, ConcurrencyConflict, ProjectionTimeout)
+"""Errors of a flush's write after which its chunk may be in the log or not (the log
+was away, its stream versions were taken, or a Kafka projector has not decided it yet):
+the chunk stays in flight, and the next flush re-sends exactly its sealed events."""
 
 
 # -- entries ----------------------------------------------------------------------------
@@ -302,7 +313,9 @@ class Spool:
 
     def flush(self, registry: Registry, *, chunk: int = CHUNK) -> FlushReport:
         """Writes every pending entry to the log, in order; raises ``LogUnavailable``
-        (keeping what is left) when the log cannot be reached."""
+        (keeping what is left) when the log cannot be reached, and ``ProjectionTimeout``
+        when a Kafka projector did not decide a chunk in time (the chunk is in the log:
+        the next flush re-sends its events, which the projector recognises)."""
         flushed = rejected = 0
         with self.locked():
             cursor = self._read_cursor()
@@ -326,10 +339,10 @@ class Spool:
                 try:
                     self._commit(registry, cursor, entries, ends[-1])
                     flushed += len(entries)
-                except (LogUnavailable, ConcurrencyConflict):
+                except UNDECIDED:
                     raise
                 except ModeltrailError:  # a rule refused one of them: find it
-                    cursor.in_flight = None  # the transaction rolled back: nothing landed
+                    cursor.in_flight = None  # refused whole: nothing took effect
                     ok, bad = self._one_by_one(registry, cursor, entries, ends)
                     flushed += ok
                     rejected += bad
@@ -350,7 +363,7 @@ class Spool:
             try:
                 self._commit(registry, cursor, [entry], end)
                 ok += 1
-            except (LogUnavailable, ConcurrencyConflict):
+            except UNDECIDED:
                 raise
             except ModeltrailError as exc:
                 cursor.in_flight = None
@@ -561,7 +574,7 @@ class Outbox:
             return
         try:
             self.spool.flush(self.registry)
-        except (LogUnavailable, ConcurrencyConflict):
+        except UNDECIDED:
             self._next_try = time.monotonic() + self.retry_s
         except ModeltrailError as exc:  # the spool needs a person; training goes on
             self._next_try = time.monotonic() + self.retry_s
