@@ -145,7 +145,9 @@ class Database:
 
     @contextmanager
     def snapshot(self) -> Iterator[Query]:
-        """A consistent read of many statements."""
+        """A consistent read of many statements: every statement sees the one committed
+        state the first one saw (an SQLite read transaction; REPEATABLE READ on
+        PostgreSQL, whose default READ COMMITTED gives each statement a fresh view)."""
         if self.path is not None:
             reader = self._lite_reader()
             reader.rows("BEGIN")
@@ -154,8 +156,10 @@ class Database:
             finally:
                 reader.rows("COMMIT")
             return
-        with self.engine.connect() as connection, connection.begin():
-            yield Tx(connection, self.dialect)
+        with self.engine.connect() as plain:
+            connection = plain.execution_options(isolation_level="REPEATABLE READ")
+            with connection.begin():
+                yield Tx(connection, self.dialect)
 
     def reader(self) -> Query:
         """Statements that each see the latest committed state."""

@@ -24,7 +24,7 @@ from modeltrail.core.projections.catalog import default_projections
 from modeltrail.core.projections.ddl import define_tables, schema_fingerprint
 from modeltrail.core.projections.fold import Folder, Projection
 from modeltrail.core.projections.runner import Progress, Runner
-from modeltrail.core.projections.state import MemoryState, SqlState, read_all
+from modeltrail.core.projections.state import MemoryState, Overlay, SqlRows, SqlState, read_all
 from modeltrail.errors import IntegrityError, InvalidInput
 
 T = TypeVar("T")
@@ -55,6 +55,18 @@ class RegistryEngine(Protocol):
 
     def write(self, decide: Callable[[Batch], T], *, actor: str) -> tuple[T, list[Event]]:
         """Runs a command: decides, appends one batch; returns the result and the events."""
+        ...
+
+    def append(self, events: Sequence[Event]) -> list[Event]:
+        """Appends a batch sealed elsewhere (a spool's resend) and folds it, with a verdict:
+        returns the events as placed (for a retry with the same event ids, the first
+        copy's) or raises the refusal as its typed error (``ConcurrencyConflict`` when
+        another writer took the stream versions it claims)."""
+        ...
+
+    def dry_run(self, decide: Callable[[Batch], T], *, actor: str) -> T:
+        """Runs a command's ``decide`` on a read-only view of the committed projection and
+        discards what it emitted; returns its result or raises what the command would."""
         ...
 
     def rebuild(self, progress: Progress | None = None) -> int: ...
@@ -125,6 +137,35 @@ class Engine:
             self.runner.advance(state, placed)
             state.flush()
             return result, placed
+
+    def append(self, events: Sequence[Event]) -> list[Event]:
+        """Appends a batch sealed elsewhere and folds it, in one transaction with the
+        checkpoint: a refusal (a stale stream claim, or a rule a fold enforces) raises its
+        typed error and leaves nothing behind; a retried batch returns its first copy."""
+        if not events:
+            return []
+        with self.database.transaction() as tx:
+            self.log.lock(tx)
+            state = SqlState(tx)
+            head = self.log.head(tx)
+            self.runner.catch_up(state, self.log, head)
+            placed = self.log.append_in(tx, events)
+            if placed[0].position > head:  # not a retry: fold it, refusing what a fold refuses
+                self.runner.apply(state, placed)
+            state.flush()
+            return placed
+
+    def dry_run(self, decide: Callable[[Batch], T], *, actor: str) -> T:
+        with self.database.snapshot() as query:
+            batch = Batch(
+                Overlay(SqlRows(query)),
+                self.folder,
+                self.sealer,
+                actor=actor,
+                recorded_at=self.clock(),
+                query=query,
+            )
+            return decide(batch)
 
     def rebuild(self, progress: Progress | None = None) -> int:
         """Folds the whole log again into fresh projection tables."""

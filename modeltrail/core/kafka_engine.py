@@ -29,7 +29,6 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -57,6 +56,7 @@ from modeltrail.core.projections.state import (
     Overlay,
     RowT,
     Spec,
+    SqlRows,
     SqlState,
     read_all,
     write_all,
@@ -179,20 +179,34 @@ class KafkaEngine:
             return self._write(decide, actor=actor)
 
     def _write(self, decide: Callable[[Batch], T], *, actor: str) -> tuple[T, list[Event]]:
-        with self._snapshot() as query:
-            batch = Batch(
-                Overlay(_CommittedRows(query)),
-                self.folder,
-                self.sealer,
-                actor=actor,
-                recorded_at=self.clock(),
-                query=query,
-            )
+        with self.database.snapshot() as query:
+            batch = self._batch(query, actor)
             result = decide(batch)
         return result, self.append(batch.events)
 
+    def dry_run(self, decide: Callable[[Batch], T], *, actor: str) -> T:
+        """Runs a command's ``decide`` on a read-only view of the committed projection and
+        discards what it emitted; returns its result or raises what it would raise."""
+        with self.database.snapshot() as query:
+            return decide(self._batch(query, actor))
+
+    def _batch(self, query: Query, actor: str) -> Batch:
+        return Batch(
+            Overlay(SqlRows(query)),
+            self.folder,
+            self.sealer,
+            actor=actor,
+            recorded_at=self.clock(),
+            query=query,
+        )
+
     def append(self, events: Sequence[Event]) -> list[Event]:
-        """Appends a sealed batch as one record and waits for the projection's verdict."""
+        """Appends a batch sealed elsewhere (a spool's resend) as one record and waits for
+        the projection's verdict: returns the events where the log keeps them (for a retry
+        with the same event ids, where the first copy landed) or raises the refusal the
+        projector recorded, as its typed error (``ConcurrencyConflict`` for stream
+        versions another writer took first); ``ProjectionTimeout`` when no projector
+        decides within ``wait_s`` (the record is in the log all the same)."""
         if not events:
             return []
         return self.await_applied(self.kafka.append(events))
@@ -202,6 +216,18 @@ class KafkaEngine:
         the events where the log keeps them (a retried batch: where it first landed) or
         raises the refusal the projector recorded."""
         partition, last = placed[0].partition, placed[-1].position
+        try:
+            self.await_position(partition, last, timeout_s)
+        except ProjectionTimeout as exc:
+            raise ProjectionTimeout(
+                f"the batch at {partition} offset {offset_of(last)} is in the Kafka log, but "
+                f"{exc} The batch takes effect, or is rejected, when it is projected"
+            ) from None
+        return self.outcome(placed, self.database.reader())
+
+    def await_position(self, partition: str, position: int, timeout_s: float | None = None) -> None:
+        """Waits until the projection's checkpoint for ``partition`` reaches ``position``
+        (``timeout_s``: ``wait_s`` when None); ``ProjectionTimeout`` when it does not."""
         reader = self.database.reader()
         wait_s = self.wait_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + wait_s
@@ -211,15 +237,15 @@ class KafkaEngine:
                 "SELECT position FROM checkpoints WHERE name = ? AND partition = ?",
                 (self.runner.name, partition),
             )
-            if done is not None and done[0] >= last:
-                return self.outcome(placed, reader)
+            reached = 0 if done is None else int(done[0])
+            if reached >= position:
+                return
             if time.monotonic() > deadline:
                 raise ProjectionTimeout(
-                    f"the batch at {partition} offset {offset_of(last)} is in the Kafka log, but "
-                    f"the projection in {self.database.url!r} has not applied it after "
-                    f"{wait_s:g}s (it is at {0 if done is None else offset_of(done[0])}): is a "
-                    "projector running (`modeltrail --kafka … --db … project`)? The batch takes "
-                    "effect, or is rejected, when it is projected"
+                    f"the projection in {self.database.url!r} has not applied {partition} up "
+                    f"to offset {offset_of(position)} after {wait_s:g}s (it is at offset "
+                    f"{offset_of(reached)}{'' if done else ', nothing applied'}): is a "
+                    "projector running (`modeltrail --kafka … --db … project`)?"
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
@@ -377,7 +403,7 @@ class KafkaEngine:
         """Differences between the projection and a fresh fold of the Kafka log up to the
         projection's checkpoints (``events``, the accepted ones, are not enough: the
         projection also holds what it rejected)."""
-        with self._snapshot() as snapshot:
+        with self.database.snapshot() as snapshot:
             done = self.log.checkpoints(snapshot)
             live = {spec.name: list(read_all(snapshot, spec)) for spec in self.runner.specs}
         fresh = MemoryState()
@@ -404,18 +430,6 @@ class KafkaEngine:
         self.database.dispose()
 
     # -- internals -------------------------------------------------------------------
-
-    @contextmanager
-    def _snapshot(self) -> Iterator[Query]:
-        """One consistent view of the projection (REPEATABLE READ on PostgreSQL)."""
-        if self.database.path is not None:
-            with self.database.snapshot() as query:
-                yield query
-            return
-        with self.database.engine.connect() as plain:
-            connection = plain.execution_options(isolation_level="REPEATABLE READ")
-            with connection.begin():
-                yield Tx(connection, self.database.dialect)
 
     def _lock(self, tx: Tx, partition: str) -> None:
         if tx.dialect == "postgresql":
@@ -541,23 +555,6 @@ class _ProjectorState(SqlState):
         for row in map(spec.row._make, found):
             self.memory.rows[spec, spec.key_of(row)] = row
         self.memory.complete.add(spec)
-
-
-class _CommittedRows:
-    """Projection rows as committed, read through a snapshot; commands never write them."""
-
-    def __init__(self, query: Query) -> None:
-        self.query = query
-
-    def get(self, spec: Spec, key: Key) -> RowT | None:
-        found = self.query.one(spec.select_sql, key)
-        return None if found is None else spec.row._make(found)
-
-    def put(self, spec: Spec, row: RowT) -> None:
-        raise TypeError("a command's state is read-only: the projector writes the projection")
-
-    def delete(self, spec: Spec, key: Key) -> None:
-        raise TypeError("a command's state is read-only: the projector writes the projection")
 
 
 def refusal(reason: str) -> ModeltrailError:

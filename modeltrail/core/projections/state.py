@@ -219,7 +219,7 @@ class SqlState(Overlay):
     """Rows read from a transaction on first use; writes buffered until ``flush``."""
 
     def __init__(self, tx: Tx) -> None:
-        self.rows = _SqlRows(tx)
+        self.rows = SqlRows(tx)
         super().__init__(self.rows)
         self.tx = tx
 
@@ -233,13 +233,15 @@ class SqlState(Overlay):
         self.changes.clear()
 
 
-class _SqlRows:
-    """The read side of ``SqlState``: one primary-key SELECT per row asked for."""
+class SqlRows:
+    """Rows as a transaction or snapshot sees them: one primary-key SELECT per row asked
+    for, each remembered. The read side of ``SqlState``, and (under an ``Overlay``) the
+    state a command decides on when it may not write the projection."""
 
     def __init__(self, query: Query) -> None:
         self.query = query
-        # Valid for the transaction's life: its writer holds the log's write lock, and
-        # its own writes sit in the overlay above this.
+        # Valid for the query's life: a writer holds the log's write lock (and its own
+        # writes sit in the overlay above this), a snapshot sees one committed state.
         self._cache: dict[tuple[Spec, Key], RowT | None] = {}
 
     def get(self, spec: Spec, key: Key) -> RowT | None:
@@ -257,10 +259,10 @@ class _SqlRows:
             self._cache[spec, key] = row
 
     def put(self, spec: Spec, row: RowT) -> None:
-        raise TypeError("SqlState writes through its buffer")
+        raise TypeError(f"rows of {spec.name} are written through an overlay, never here")
 
     def delete(self, spec: Spec, key: Key) -> None:
-        raise TypeError("SqlState writes through its buffer")
+        raise TypeError(f"rows of {spec.name} are deleted through an overlay, never here")
 
 
 def write_all(tx: Tx, state: MemoryState, specs: list[Spec]) -> None:

@@ -1,0 +1,168 @@
+"""The engines' own surface: appending a batch sealed elsewhere with a verdict, a dry run
+of a command, waiting for the Kafka projection to reach a position.
+
+The Kafka engine's projecting side needs no broker here: records are built from sealed
+batches and given to ``KafkaEngine.apply`` as a projector worker would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from modeltrail.core import commands as cmd
+from modeltrail.core.batch import Batch
+from modeltrail.core.db import Database
+from modeltrail.core.engine import Engine
+from modeltrail.core.events.envelope import Event
+from modeltrail.core.events.kafka_log import KafkaLog, Record, encode_record, position_of
+from modeltrail.core.kafka_engine import KafkaEngine
+from modeltrail.core.readmodel import ReadModel
+from modeltrail.errors import (
+    AlreadyExists,
+    ConcurrencyConflict,
+    ProjectionTimeout,
+    QuotaExceeded,
+)
+from tests.conftest import ManualClock
+
+
+def _sealed(
+    engine: Engine | KafkaEngine, decide: Callable[[Batch], object], actor: str = "alice"
+) -> list[Event]:
+    """The events a command would append, sealed against the committed projection."""
+
+    def run(b: Batch) -> list[Event]:
+        decide(b)
+        return list(b.events)
+
+    return engine.dry_run(run, actor=actor)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    made = Engine(Database(f"sqlite:///{tmp_path / 'trail.db'}"), clock=ManualClock())
+    made.prepare()
+    yield made
+    made.close()
+
+
+def _checkpoint(database: Database, partition: str = "") -> int:
+    row = database.reader().one(
+        "SELECT position FROM checkpoints WHERE name = 'projections' AND partition = ?",
+        (partition,),
+    )
+    return 0 if row is None else int(row[0])
+
+
+# -- the embedded engine --------------------------------------------------------------
+
+
+def test_append_stores_a_sealed_batch_and_folds_it_in_one_transaction(engine: Engine) -> None:
+    events = _sealed(engine, lambda b: cmd.create_model(b, "team", "m"))
+    assert [e.type for e in events] == ["NamespaceCreated", "ModelCreated"]
+    assert engine.log.head() == 0  # the dry run stored nothing
+    placed = engine.append(events)
+    assert [e.position for e in placed] == [1, 2]
+    assert [e.event_id for e in placed] == [e.event_id for e in events]
+    assert ReadModel(engine.database.reader()).model("team", "m") is not None
+    assert _checkpoint(engine.database) == 2  # folded with its checkpoint, no catch-up needed
+
+
+def test_append_of_a_retried_batch_returns_the_first_copy(engine: Engine) -> None:
+    events = _sealed(engine, lambda b: cmd.create_model(b, "team", "m"))
+    first = engine.append(events)
+    again = engine.append(events)
+    assert [(e.position, e.appended_at) for e in again] == [
+        (e.position, e.appended_at) for e in first
+    ]
+    assert engine.log.head() == 2
+
+
+def test_append_refuses_a_stale_claim_and_stores_nothing(engine: Engine) -> None:
+    engine.append(_sealed(engine, lambda b: cmd.create_model(b, "team", "m")))
+    one = _sealed(engine, lambda b: cmd.set_tags(b, "model", "team", "m", None, {"a": "1"}))
+    two = _sealed(engine, lambda b: cmd.set_tags(b, "model", "team", "m", None, {"b": "2"}))
+    engine.append(one)
+    with pytest.raises(ConcurrencyConflict, match="model:team/m"):
+        engine.append(two)
+    assert engine.log.head() == 3
+
+
+def test_append_raises_a_fold_refusal_and_leaves_nothing_behind(engine: Engine) -> None:
+    engine.append(_sealed(engine, lambda b: cmd.set_quota(b, "team", 1)))
+    a = _sealed(engine, lambda b: cmd.create_model(b, "team", "a"))
+    b_ = _sealed(engine, lambda b: cmd.create_model(b, "team", "b"))  # decided before a landed
+    engine.append(a)
+    head = engine.log.head()
+    with pytest.raises(QuotaExceeded, match="quota is 1"):
+        engine.append(b_)  # its claims hold (another stream); the quota fold refuses it
+    assert engine.log.head() == head
+    assert _checkpoint(engine.database) == head
+    assert [m.name for m in ReadModel(engine.database.reader()).models("team")] == ["a"]
+
+
+def test_a_dry_run_returns_what_the_command_decides_and_writes_nothing(engine: Engine) -> None:
+    engine.append(_sealed(engine, lambda b: cmd.create_model(b, "team", "m")))
+    decided = engine.dry_run(
+        lambda b: cmd.log_version(b, "team", "m", [cmd.FileEntry("w", 1, "0" * 64)]),
+        actor="alice",
+    )
+    assert decided.index == 0
+    assert engine.log.head() == 2
+    assert ReadModel(engine.database.reader()).version(decided) is None
+    with pytest.raises(AlreadyExists):
+        engine.dry_run(lambda b: cmd.create_model(b, "team", "m"), actor="alice")
+
+
+# -- the Kafka engine, without a broker -----------------------------------------------
+
+
+@pytest.fixture
+def kafka_engine(tmp_path: Path) -> Iterator[KafkaEngine]:
+    # no broker listens there: prepare() creates the tables and skips the topics
+    log = KafkaLog("127.0.0.1:9", prefix="core", timeout_s=0.5)
+    made = KafkaEngine(Database(f"sqlite:///{tmp_path / 'projection.db'}"), log, wait_s=5)
+    made.prepare()
+    yield made
+    made.database.dispose()
+
+
+def _record(events: list[Event], offset: int, partition: str = "registry-0") -> Record:
+    return KafkaLog.record(partition, offset, 1_767_225_600_000 + offset, encode_record(events))
+
+
+def test_await_position_returns_once_the_checkpoint_reaches_it(kafka_engine: KafkaEngine) -> None:
+    events = _sealed(kafka_engine, lambda b: cmd.create_model(b, "team", "m"))
+    record = _record(events, 0)
+    with pytest.raises(ProjectionTimeout, match="registry-0 up to offset 0"):
+        kafka_engine.await_position("registry-0", record.position, timeout_s=0.01)
+    assert kafka_engine.apply([record]) == {}
+    kafka_engine.await_position("registry-0", position_of(0, len(events) - 1), timeout_s=0)
+    with pytest.raises(ProjectionTimeout, match=r"registry-0 up to offset 1 .*at offset 0"):
+        kafka_engine.await_position("registry-0", position_of(1, 0), timeout_s=0.01)
+
+
+def test_await_applied_returns_the_placed_batch_or_raises_its_refusal(
+    kafka_engine: KafkaEngine,
+) -> None:
+    kafka_engine.apply([_record(_sealed(kafka_engine, lambda b: cmd.set_quota(b, "team", 1)), 0)])
+    a = _record(_sealed(kafka_engine, lambda b: cmd.create_model(b, "team", "a")), 1)
+    b_ = _record(_sealed(kafka_engine, lambda b: cmd.create_model(b, "team", "b")), 2)
+    kafka_engine.apply([a, b_])
+    assert kafka_engine.await_applied(a.events) == list(a.events)
+    with pytest.raises(QuotaExceeded, match="quota is 1"):
+        kafka_engine.await_applied(b_.events)
+
+
+def test_a_kafka_dry_run_decides_on_the_projection_and_appends_nothing(
+    kafka_engine: KafkaEngine,
+) -> None:
+    kafka_engine.apply(
+        [_record(_sealed(kafka_engine, lambda b: cmd.create_model(b, "team", "m")), 0)]
+    )
+    with pytest.raises(AlreadyExists):
+        kafka_engine.dry_run(lambda b: cmd.create_model(b, "team", "m"), actor="alice")
+    assert kafka_engine.dry_run(lambda b: len(b.events), actor="alice") == 0
