@@ -23,6 +23,13 @@ from modeltrail.core.events.envelope import Clock, Event, system_clock, to_micro
 from modeltrail.core.events.log import EventLog, LogFilter, VerifyReport
 from modeltrail.core.projections.runner import Progress, export
 from modeltrail.core.projections.snapshots import SqlSnapshots
+from modeltrail.core.projections.tables import (
+    ALIASES,
+    AliasRow,
+    ModelRow,
+    RegisteredRow,
+    VersionRow,
+)
 from modeltrail.core.readmodel import ReadModel
 from modeltrail.core.refs import LATEST, Ref, Target, check_file_path, check_name
 from modeltrail.entities import (
@@ -146,22 +153,26 @@ class Registry:
         row = self._read.model(parsed.ns, parsed.name)
         if row is None:
             raise NotFound(f"model {parsed.ns}/{parsed.name} does not exist")
-        aliases = {
-            a.alias: f"v{a.target_idx}"
-            for a in self._read.aliases_of(row.namespace, "model", row.name)
-        }
-        if row.version_count:
-            aliases[LATEST] = f"v{row.version_count - 1}"
-        return Model.from_row(row, aliases, self)
+        return self._model_from_row(row, self._read.aliases_of(row.namespace, "model", row.name))
 
     def models(self, namespace: str | None = None) -> list[Model]:
-        return [self.model(f"{r.namespace}/{r.name}") for r in self._read.models(namespace)]
+        """The models of a namespace (None: of every namespace), in two queries."""
+        aliases = self._aliases_by_owner("model", namespace)
+        return [
+            self._model_from_row(r, aliases.get((r.namespace, r.name), []))
+            for r in self._read.models(namespace)
+        ]
 
     def versions(self, model_ref: str) -> list[ModelVersion]:
         parsed = self._ref(model_ref)
-        self.model(model_ref)
+        model = self._read.model(parsed.ns, parsed.name)
+        if model is None:
+            raise NotFound(f"model {parsed.ns}/{parsed.name} does not exist")
+        at: dict[int, list[str]] = {}
+        for a in self._read.aliases_of(model.namespace, "model", model.name):
+            at.setdefault(a.target_idx, []).append(a.alias)
         rows = self._read.versions(parsed.ns, parsed.name)
-        return [self._version(r) for r in rows]
+        return [self._version(r, model.version_count, at.get(r.idx, [])) for r in rows]
 
     def log_version(
         self,
@@ -310,15 +321,17 @@ class Registry:
         row = self._read.registered(parsed.ns, parsed.name)
         if row is None:
             raise NotFound(f"registered model {parsed.ns}/{parsed.name} does not exist")
-        aliases = {
-            a.alias: str(Target(a.target_namespace, a.target_model, a.target_idx))
-            for a in self._read.aliases_of(row.namespace, "registered", row.name)
-        }
-        return RegisteredModel.from_row(row, aliases, self)
+        return self._registered_from_row(
+            row, self._read.aliases_of(row.namespace, "registered", row.name)
+        )
 
     def registered_models(self, namespace: str | None = None) -> list[RegisteredModel]:
-        rows = self._read.registered_models(namespace)
-        return [self.registered(f"{r.namespace}/{r.name}") for r in rows]
+        """The registered models of a namespace (None: of every one), in two queries."""
+        aliases = self._aliases_by_owner("registered", namespace)
+        return [
+            self._registered_from_row(r, aliases.get((r.namespace, r.name), []))
+            for r in self._read.registered_models(namespace)
+        ]
 
     def links(self, registered_name: str) -> list[Link]:
         parsed = self._ref(registered_name)
@@ -655,17 +668,48 @@ class Registry:
 
     def _get_target(self, target: Target) -> ModelVersion:
         row = self._read.version(target)
-        if row is None:
+        model = self._read.model(target.namespace, target.model)
+        if row is None or model is None:
             raise NotFound(f"version {target} does not exist")
-        return self._version(row)
-
-    def _version(self, row: Any) -> ModelVersion:
-        target = Target(row.namespace, row.model, row.idx)
         aliases = [a.alias for a in self._read.aliases_at(target) if a.owner_kind == "model"]
-        model = self._read.model(row.namespace, row.model)
-        if model is not None and model.version_count - 1 == row.idx:
-            aliases.append(LATEST)
-        return ModelVersion.from_row(row, sorted(aliases))
+        return self._version(row, model.version_count, aliases)
+
+    @staticmethod
+    def _version(row: VersionRow, version_count: int, aliases: list[str]) -> ModelVersion:
+        """A version from its row, its model's version count (``latest`` is the last one)
+        and the aliases of its model that point at it."""
+        latest = [LATEST] if row.idx == version_count - 1 else []
+        return ModelVersion.from_row(row, sorted([*aliases, *latest]))
+
+    def _model_from_row(self, row: ModelRow, aliases: Iterable[AliasRow]) -> Model:
+        """A model from its row and the rows of its aliases."""
+        labels = {a.alias: f"v{a.target_idx}" for a in aliases}
+        if row.version_count:
+            labels[LATEST] = f"v{row.version_count - 1}"
+        return Model.from_row(row, labels, self)
+
+    def _registered_from_row(
+        self, row: RegisteredRow, aliases: Iterable[AliasRow]
+    ) -> RegisteredModel:
+        """A registered model from its row and the rows of its aliases."""
+        targets = {
+            a.alias: str(Target(a.target_namespace, a.target_model, a.target_idx)) for a in aliases
+        }
+        return RegisteredModel.from_row(row, targets, self)
+
+    def _aliases_by_owner(
+        self, kind: str, namespace: str | None
+    ) -> dict[tuple[str, str], list[AliasRow]]:
+        """Every alias of the owners of one kind in a namespace (None: all), by owner."""
+        where = (
+            {"owner_kind": kind}
+            if namespace is None
+            else {"owner_kind": kind, "namespace": namespace}
+        )
+        found: dict[tuple[str, str], list[AliasRow]] = {}
+        for a in self._read.where(ALIASES, order="alias", **where):
+            found.setdefault((a.namespace, a.owner), []).append(a)
+        return found
 
     @staticmethod
     def _owner_kind(read: ReadModel, ref: Ref) -> str:

@@ -7,9 +7,13 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+import modeltrail as mt
 
 
 def cli(
@@ -172,3 +176,64 @@ def test_verify_reports_a_log_row_it_cannot_read(populated: Path) -> None:
     done = cli(populated, "verify", check=False)
     assert done.returncode == 1
     assert "cannot be read" in done.stdout
+
+
+class _CountingQuery:
+    """A read model's query that counts the statements it runs."""
+
+    def __init__(self, query: Any) -> None:
+        self.query, self.count = query, 0
+
+    def rows(self, sql: str, params: Any = ()) -> Any:
+        self.count += 1
+        return self.query.rows(sql, params)
+
+    def one(self, sql: str, params: Any = ()) -> Any:
+        self.count += 1
+        return self.query.one(sql, params)
+
+
+def _listed(reg: mt.Registry) -> dict[str, int]:
+    """The statements each listing runs."""
+    counting = _CountingQuery(reg._read.query)
+    reg._read.query = counting
+    listings: dict[str, Callable[[], object]] = {
+        "models": lambda: reg.models(None),
+        "registered": lambda: reg.registered_models(None),
+        "versions": lambda: reg.versions("m0"),
+    }
+    ran: dict[str, int] = {}
+    try:
+        for name, listing in listings.items():
+            counting.count = 0
+            listing()
+            ran[name] = counting.count
+    finally:
+        reg._read.query = counting.query
+    return ran
+
+
+def _grow(reg: mt.Registry, models: range) -> None:
+    for i in models:
+        for n in range(2):
+            reg.log_version(f"m{i}", {"w": f"{i}-{n}".encode()})
+        reg.set_alias(f"m{i}:v0", "production")
+        reg.log_version("m0", {"w": f"m0-{i}".encode()})
+        reg.link(f"m{i}:v1", f"r{i}", aliases=["best"])
+
+
+def test_listings_run_as_many_statements_for_many_rows_as_for_few(reg: mt.Registry) -> None:
+    _grow(reg, range(2))
+    few = _listed(reg)
+    _grow(reg, range(2, 8))
+    assert _listed(reg) == few
+    models = reg.models(None)
+    assert models == [reg.model(m.ref) for m in models]
+    assert models[3].aliases == {"production": "v0", "latest": "v1"}
+    registered = reg.registered_models(None)
+    assert registered == [reg.registered(r.ref) for r in registered]
+    assert registered[0].aliases == {"best": "team/m0:v1"}
+    versions = reg.versions("m0")
+    assert versions == [reg.get(v.ref) for v in versions]
+    assert [v.aliases for v in versions[:2]] == [("production",), ()]
+    assert versions[-1].aliases == ("latest",)
