@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -79,8 +79,24 @@ class Event:
         return default_codec().decode(self)
 
     def at(self, position: int, appended_at: int, partition: str = "") -> Event:
-        """This event as placed in a log."""
-        return replace(self, position=position, appended_at=appended_at, partition=partition)
+        """This event as placed in a log (built directly: half the cost of
+        ``dataclasses.replace``, and every appended event passes here)."""
+        return Event(
+            self.event_id,
+            self.type,
+            self.stream,
+            self.stream_version,
+            self.namespace,
+            self.recorded_at,
+            self.actor,
+            self.prev_hash,
+            self.hash,
+            self.schema,
+            self.payload,
+            position,
+            partition,
+            appended_at,
+        )
 
 
 class StreamHead(NamedTuple):

@@ -160,25 +160,7 @@ def decode_record(value: bytes, partition: str, offset: int, appended_at: int) -
 def placed(events: Sequence[Event], partition: str, offset: int, appended_at: int) -> list[Event]:
     """The events of the record at ``offset``, at their positions."""
     first = position_of(offset, 0)
-    return [
-        Event(
-            e.event_id,
-            e.type,
-            e.stream,
-            e.stream_version,
-            e.namespace,
-            e.recorded_at,
-            e.actor,
-            e.prev_hash,
-            e.hash,
-            e.schema,
-            e.payload,
-            first + i,
-            partition,
-            appended_at,
-        )
-        for i, e in enumerate(events)
-    ]
+    return [e.at(first + i, appended_at, partition) for i, e in enumerate(events)]
 
 
 @dataclass(frozen=True, slots=True)

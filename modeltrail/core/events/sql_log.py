@@ -61,20 +61,10 @@ def define_log_table(metadata: sa.MetaData) -> sa.Table:
     )
 
 
-def uuid_from_bytes(raw: bytes) -> uuid.UUID:
-    """``uuid.UUID(bytes=raw)`` without its argument checks: 0.4 µs instead of 3.5 µs,
-    which is a third of reading an event from SQLite. Stored ids are 16 bytes by the
-    column's definition and were made by ``uuid.uuid4`` when sealed."""
-    made = object.__new__(uuid.UUID)
-    object.__setattr__(made, "int", int.from_bytes(raw, "big"))
-    object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
-    return made
-
-
 def event_from_row(row: Row, partition: str = "") -> Event:
     """An event from a row of COLUMNS (the log's table, or a mirror of it)."""
     return Event(
-        uuid_from_bytes(bytes(row[1])),
+        uuid.UUID(bytes=bytes(row[1])),
         row[2],
         row[3],
         row[4],

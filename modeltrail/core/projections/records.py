@@ -27,7 +27,7 @@ from modeltrail.core.db import Database, Query, Row
 from modeltrail.core.events.envelope import EMPTY_STREAM, Event, StreamHead
 from modeltrail.core.events.kafka_log import Record
 from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter
-from modeltrail.core.events.sql_log import _filter_sql, event_from_row
+from modeltrail.core.events.sql_log import _filter_sql, _row, event_from_row
 from modeltrail.core.projections.runner import Runner
 from modeltrail.core.projections.state import Journal, MemoryState, Overlay, Spec, State
 from modeltrail.core.projections.tables import CHECKPOINTS, CheckpointRow
@@ -70,23 +70,8 @@ Sink = Callable[[LogEventRow], None]
 
 
 def mirror_row(event: Event, status: str) -> LogEventRow:
-    return LogEventRow(
-        event.partition,
-        event.position,
-        event.event_id.bytes,
-        event.type,
-        event.stream,
-        event.stream_version,
-        event.namespace,
-        event.recorded_at,
-        event.appended_at,
-        event.actor,
-        event.prev_hash,
-        event.hash,
-        event.schema,
-        event.payload,
-        status,
-    )
+    """An event's row in the mirror: its partition, the log's own columns, its status."""
+    return LogEventRow._make((event.partition, *_row(event), status))
 
 
 def event_from_mirror(row: Row) -> Event:
