@@ -293,6 +293,41 @@ def test_a_flush_that_did_not_land_is_sent_again_once(
     del run
 
 
+def test_a_resent_chunk_a_rule_now_refuses_is_sealed_again_and_rejected(
+    trainer: mt.Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer.run("m", "r")
+    spool = spool_of(trainer)
+    outbox = outbox_for(trainer)
+    opening = outbox.entry(
+        "open_run",
+        "team",
+        {"model": "m2", "run": "r", "config": {}, "allow_config_change": False, "arch_hash": None},
+    )
+    metrics = {"model": "m2", "run": "r", "metrics": {"loss": 1.0}, "step": None}
+    spool.append([opening, outbox.entry("metrics", "team", metrics, requires=opening.id)])
+    write_cursor = Spool._write_cursor
+
+    def lost_before_commit(self: Spool, cursor: Any) -> None:
+        write_cursor(self, cursor)
+        if cursor.in_flight is not None:
+            raise LogUnavailable("the database went away mid-commit")
+
+    monkeypatch.setattr(Spool, "_write_cursor", lost_before_commit)
+    with pytest.raises(LogUnavailable):
+        spool.flush(trainer)
+    monkeypatch.undo()
+    assert spool.status().in_flight == 3  # ModelCreated, RunStarted, MetricsLogged
+    trainer.set_quota("team", 1)  # meanwhile: no room for model m2 any more
+    report = spool.flush(trainer)
+    assert (report.flushed, report.rejected) == (0, 2)
+    rejected = [json.loads(line) for line in spool.rejected_path.read_text().splitlines()]
+    assert rejected[0]["reason"].startswith("QuotaExceeded: model team/m2")
+    assert rejected[1]["reason"] == "it requires a rejected entry"
+    assert [m.name for m in trainer.models()] == ["m"]
+    assert spool.status().in_flight == 0 and trainer.verify().ok
+
+
 def test_a_chunk_a_slow_projector_has_not_decided_stays_in_flight(
     trainer: mt.Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,9 +33,10 @@ flushed. The gap between a chunk's commit and the cursor moving past it is close
 this way: while the chunk's transaction is still open, its sealed events are saved
 in the cursor as *in flight*. A flush that finds an in-flight chunk re-sends exactly
 those events: the log makes a re-sent batch with the same event ids a no-op when it
-had landed, and appends it when it had not; if other writers took its stream versions
-meanwhile (so it cannot have landed: appends are atomic), it is dropped and its entries
-are sealed again.
+had landed, and appends and folds it when it had not; if it is refused (other writers
+took its stream versions meanwhile, or a rule refuses it now), nothing of it is in the
+log, so it is dropped and its entries are sealed again. On Kafka a chunk the projector
+has not decided in time (``ProjectionTimeout``) stays in flight the same way.
 """
 
 from __future__ import annotations
@@ -393,12 +394,15 @@ class Spool:
         events = [_event_from_json(e) for e in cursor.in_flight["events"]]
         count = len(events)
         try:
-            if events:
-                registry._require_engine().log.append(events)
-        except ConcurrencyConflict:
-            count = 0  # not landed, and its versions are taken: seal its entries again
+            registry._require_engine().append(events)
+        except (LogUnavailable, ProjectionTimeout, IntegrityError):
+            raise  # still undecided, or the saved events are damaged: kept in flight
+        except ModeltrailError:
+            # Refused whole (its stream versions were taken, or a rule refuses it now), so
+            # nothing of it is in the log: its entries are sealed again, and an entry a
+            # rule refuses goes to rejected.jsonl.
+            count = 0
         else:
-            registry.catch_up()
             cursor.done = cursor.in_flight["end"]
         cursor.in_flight = None
         self._write_cursor(cursor)
