@@ -35,13 +35,30 @@ def test_a_reference_without_selector_means_latest() -> None:
     assert Ref.parse("model:production").resolved("me") == Ref("me", "model", "production")
 
 
+NAME_RULE = f"names match {NAME_PATTERN}"
+SHAPE_RULE = "references look like [namespace/]name[:selector]"
+
+
 @pytest.mark.parametrize(
-    "bad", ["", "a b", "-lead", ".hidden", "x" * 129, "a/b/c", "m:v1:v2", "ü", "m:"]
+    ("bad", "rule"),
+    [
+        ("", NAME_RULE),
+        ("a b", NAME_RULE),
+        ("-lead", NAME_RULE),
+        (".hidden", NAME_RULE),
+        ("x" * 129, NAME_RULE),
+        ("ü", NAME_RULE),
+        ("a/b/c", SHAPE_RULE),
+        ("m:v1:v2", SHAPE_RULE),
+        ("m:", SHAPE_RULE),
+    ],
 )
-def test_invalid_references_are_refused_naming_the_rule(bad: str) -> None:
+def test_invalid_references_are_refused_naming_the_rule(bad: str, rule: str) -> None:
     with pytest.raises(InvalidName) as info:
         Ref.parse(bad)
-    assert repr(bad) in str(info.value) or "reference" in str(info.value)
+    message = str(info.value)
+    assert repr(bad) in message
+    assert rule in message
 
 
 def test_name_errors_quote_the_value_and_the_pattern() -> None:
