@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
 
 from modeltrail.cli import _echo_json, _registry, _table, _when, json_option, main
-
-
-@contextlib.contextmanager
-def _on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """Calls ``stop`` on SIGINT and SIGTERM (each time), restoring the handlers after."""
-
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        stop()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+from modeltrail.consumers.signals import on_signals
 
 
 def _say(line: str) -> None:
@@ -85,7 +67,7 @@ def subscribe(
     if command is None:
         stop = threading.Event()
         idle = 0.0
-        with _on_signals(stop.set):
+        with on_signals(stop.set):
             while not stop.is_set():
                 event = sub.poll(0.2)
                 if event is None:
@@ -109,7 +91,7 @@ def subscribe(
         log=_say,
     )
     _say(f"group {group} {sub.place}: {sub.filter.describe()}")
-    with _on_signals(consumer.stop):
+    with on_signals(consumer.stop):
         status = consumer.run(idle_timeout=idle_timeout)
     _say(f"group {group} stopped, {sub.place} ({consumer.handled} handled)")
     sys.exit(status)
@@ -248,7 +230,7 @@ def webhook_run(
 
     sender = WebhookSender(_registry(ctx), max_attempts=max_attempts, timeout_s=timeout_s)
     stop = threading.Event()
-    with _on_signals(stop.set):
+    with on_signals(stop.set):
         sender.run(stop, idle_timeout=idle_timeout)
     _say("webhook sender stopped")
 
@@ -321,6 +303,6 @@ def schedule_run(ctx: click.Context, config_path: str, once: bool) -> None:
             click.echo(f"{name}: {result}")
         return
     stop = threading.Event()
-    with _on_signals(stop.set):
+    with on_signals(stop.set):
         run_blocking(registry, config, stop, log=_say)
     _say("scheduler stopped")

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from kafka import ConsumerRebalanceListener
 
+from modeltrail.consumers.signals import on_signals
 from modeltrail.core.events.kafka_log import Record, offset_of
 from modeltrail.core.kafka_engine import KafkaEngine
 from modeltrail.errors import LogUnavailable
@@ -174,24 +173,11 @@ class _Seeker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.projector.seek_to_checkpoints(self.consumer, assigned)
 
 
-@contextmanager
-def stop_on_signals(projector: Projector) -> Iterator[None]:
-    """SIGINT and SIGTERM stop the worker gracefully (the batch in hand is finished)."""
-    previous = {
-        sig: signal.signal(sig, lambda *_: projector.stop())
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def run_worker(engine: KafkaEngine, *, group: str = DEFAULT_GROUP, max_records: int = 2000) -> int:
-    """Runs one worker in the foreground until SIGINT or SIGTERM."""
+    """Runs one worker in the foreground until SIGINT or SIGTERM (each stops it once the
+    batch in hand is applied)."""
     projector = Projector(engine, group=group, max_records=max_records)
-    with stop_on_signals(projector):
+    with on_signals(projector.stop):
         while not projector.stopped:
             try:
                 projector.run()
