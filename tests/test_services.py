@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import kafka
 import pytest
+import sqlalchemy
 
 pytestmark = pytest.mark.services
 
@@ -18,7 +20,6 @@ DEADLINE_S = 60.0
 
 
 def test_pg_database_roundtrip(pg_database: str) -> None:
-    sqlalchemy = pytest.importorskip("sqlalchemy")
     engine = sqlalchemy.create_engine(pg_database)
     try:
         with engine.begin() as conn:
@@ -37,7 +38,6 @@ def test_pg_database_roundtrip(pg_database: str) -> None:
 
 
 def test_pg_database_is_fresh_and_separate(pg_database: str, postgres_url: str) -> None:
-    sqlalchemy = pytest.importorskip("sqlalchemy")
     assert pg_database != postgres_url
     assert pg_database.startswith("postgresql+psycopg://")
     engine = sqlalchemy.create_engine(pg_database)
@@ -51,7 +51,6 @@ def test_pg_database_is_fresh_and_separate(pg_database: str, postgres_url: str) 
 
 
 def test_postgres_url_answers(postgres_url: str) -> None:
-    sqlalchemy = pytest.importorskip("sqlalchemy")
     engine = sqlalchemy.create_engine(postgres_url)
     try:
         with engine.connect() as conn:
@@ -65,7 +64,6 @@ def test_postgres_url_answers(postgres_url: str) -> None:
 
 
 def _create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
-    kafka = pytest.importorskip("kafka")
     admin = kafka.KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         admin.create_topics(
@@ -86,7 +84,6 @@ def _create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
 
 
 def _produce(bootstrap: str, topic: str, values: list[bytes]) -> list[int]:
-    kafka = pytest.importorskip("kafka")
     producer = kafka.KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
     try:
         futures = [producer.send(topic, key=b"k", value=value) for value in values]
@@ -109,7 +106,6 @@ def _poll_until(consumer: Any, count: int, max_records: int | None = None) -> li
 def test_kafka_produce_and_read_back_from_offset_zero(
     kafka_bootstrap: str, kafka_prefix: str
 ) -> None:
-    kafka = pytest.importorskip("kafka")
     topic = f"{kafka_prefix}events"
     _create_topic(kafka_bootstrap, topic)
     values = [f"event-{i}".encode() for i in range(20)]
@@ -130,7 +126,6 @@ def test_kafka_produce_and_read_back_from_offset_zero(
 
 
 def test_kafka_consumer_group_resumes_after_commit(kafka_bootstrap: str, kafka_prefix: str) -> None:
-    kafka = pytest.importorskip("kafka")
     topic = f"{kafka_prefix}grouped"
     group = f"{kafka_prefix}group"
     _create_topic(kafka_bootstrap, topic)
