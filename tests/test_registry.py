@@ -443,7 +443,8 @@ def test_verify_finds_a_removed_event(reg: mt.Registry, home: Path) -> None:
     report = reg.verify()
     assert not report.ok
     assert report.problems[0].startswith(
-        "model:team/m v3 (position 5): version 3 follows version 1"
+        "model:team/m v3 (position 5): AliasMoved claims version 3 of stream 'model:team/m', "
+        "whose last version is 1"
     )
 
 

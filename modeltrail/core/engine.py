@@ -25,7 +25,7 @@ from modeltrail.core.projections.ddl import define_tables, schema_fingerprint
 from modeltrail.core.projections.fold import Folder, Projection
 from modeltrail.core.projections.runner import Progress, Runner
 from modeltrail.core.projections.state import MemoryState, Overlay, SqlRows, SqlState, read_all
-from modeltrail.errors import IntegrityError, InvalidInput
+from modeltrail.errors import InvalidInput
 
 T = TypeVar("T")
 META_TABLE = "modeltrail_meta"
@@ -117,9 +117,9 @@ class Engine:
         """Runs a command in one transaction; returns its result and the placed events."""
         with self.database.transaction() as tx:
             self.log.lock(tx)
+            last = self.log.last_placed(tx)
             state = SqlState(tx)
-            head = self.log.head(tx)
-            self.runner.catch_up(state, self.log, head)
+            self.runner.catch_up(state, self.log, last[0])
             batch = Batch(
                 state,
                 self.folder,
@@ -127,12 +127,13 @@ class Engine:
                 actor=actor,
                 recorded_at=self.clock(),
                 query=tx,
-                first_position=head + 1,
+                first_position=last[0] + 1,
             )
             result = decide(batch)
-            placed = self.log.append_in(tx, batch.events)
-            if [e.position for e in placed] != [e.position for e in batch.events]:
-                raise IntegrityError("the log placed a batch elsewhere than its writer expected")
+            # Sealed against the stream heads of a projection caught up under the lock: no
+            # claim to check against the log (its unique constraints are the backstop).
+            placed = self.log.place(batch.events, last)
+            self.log.insert_placed(tx, placed)
             batch.state.commit()  # the scratch state was folded from exactly these events
             self.runner.advance(state, placed)
             state.flush()
@@ -146,12 +147,17 @@ class Engine:
             return []
         with self.database.transaction() as tx:
             self.log.lock(tx)
+            last = self.log.last_placed(tx)
             state = SqlState(tx)
-            head = self.log.head(tx)
-            self.runner.catch_up(state, self.log, head)
-            placed = self.log.append_in(tx, events)
-            if placed[0].position > head:  # not a retry: fold it, refusing what a fold refuses
-                self.runner.apply(state, placed)
+            self.runner.catch_up(state, self.log, last[0])
+            stored = self.log.retried(tx, events)
+            if stored is not None:
+                state.flush()
+                return stored
+            self.log.check_claims(tx, events)  # sealed elsewhere, against heads of its own
+            placed = self.log.place(events, last)
+            self.log.insert_placed(tx, placed)
+            self.runner.apply(state, placed)  # a fold's refusal rolls the append back
             state.flush()
             return placed
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from modeltrail.core.events.envelope import EMPTY_STREAM, Event, StreamHead
+from modeltrail.errors import ConcurrencyConflict, IntegrityError, ModeltrailError
 
 
 def _field(value: bytes) -> bytes:
@@ -95,19 +96,32 @@ class ChainChecker:
 
     @staticmethod
     def _check(event: Event, head: StreamHead) -> ChainProblem | None:
-        def problem(rule: str) -> ChainProblem:
-            return ChainProblem(event.stream, event.stream_version, event.position, rule)
+        claim = claim_problem(event, head)
+        if claim is not None:
+            rule = str(claim)
+        elif expected_hash(event) != event.hash:
+            rule = "hash does not match the envelope and payload: the event was altered"
+        else:
+            return None
+        return ChainProblem(event.stream, event.stream_version, event.position, rule)
 
-        if event.stream_version != head.version + 1:
-            return problem(
-                f"version {event.stream_version} follows version {head.version}: "
-                "stream versions must be contiguous"
-            )
-        if event.prev_hash != head.hash:
-            return problem("prev_hash is not the hash of the stream's previous event")
-        if expected_hash(event) != event.hash:
-            return problem("hash does not match the envelope and payload: the event was altered")
-        return None
+
+def claim_problem(event: Event, head: StreamHead) -> ModeltrailError | None:
+    """Why ``event`` may not follow ``head``, the last event of its stream, as the error a
+    writer gets (None when it may): the claim rule every log keeps, whoever checks it
+    (the SQL log when it appends, the streams fold over Kafka, ``verify``)."""
+    if event.stream_version != head.version + 1:
+        return ConcurrencyConflict(
+            f"{event.type} claims version {event.stream_version} of stream {event.stream!r}, "
+            f"whose last version is {head.version}: a stream's versions are contiguous, "
+            "each claimed once"
+        )
+    if event.prev_hash != head.hash:
+        return IntegrityError(
+            f"{event.type} for {event.stream!r} v{event.stream_version} does not chain to the "
+            "stream's previous event: its prev_hash is not that event's hash"
+        )
+    return None
 
 
 def check_chains(events: Iterable[Event]) -> tuple[int, list[ChainProblem]]:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeltrail.core.events.chain import ChainChecker, ChainProblem
+from modeltrail.core.events.chain import ChainProblem, check_chains
 from modeltrail.core.events.envelope import Event, StreamHead
 
 
@@ -99,7 +99,6 @@ class EventLog(abc.ABC):
         """Releases connections."""
 
     def verify(self, events: Iterable[Event] | None = None) -> tuple[int, list[ChainProblem]]:
-        """Recomputes every stream's hash chain; returns events checked and first breaks."""
-        checker = ChainChecker()
-        problems = [p for p in map(checker.feed, events or self.read()) if p is not None]
-        return checker.checked, problems
+        """Recomputes every stream's hash chain (of ``events``, else of the whole log);
+        returns the events checked and the first break of each stream."""
+        return check_chains(self.read() if events is None else events)

@@ -7,8 +7,10 @@ skips a gap that a slower transaction fills in later. The price is one writer at
 time, which a batch-oriented log pays once per batch.
 
 The unique constraints on ``event_id`` and ``(stream, stream_version)`` are the last
-line of defence; the checks in ``append_in`` find conflicts first so they can be
-reported with the stream and versions involved.
+line of defence: ``insert_placed`` turns a broken one into the writer's typed error.
+``append`` (``append_in``) checks a batch sealed elsewhere against the stored streams
+first, so its refusal names the stream and versions involved; a command that sealed
+its batch against stream heads read under the write lock skips that check.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from modeltrail.core.db import Database, Query, Row, Tx
+from modeltrail.core.events.chain import claim_problem
 from modeltrail.core.events.envelope import EMPTY_STREAM, Clock, Event, StreamHead, system_clock
 from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter
-from modeltrail.errors import ConcurrencyConflict, IntegrityError
+from modeltrail.errors import ConcurrencyConflict, IntegrityError, ModeltrailError
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -119,19 +122,66 @@ class SqlLog(EventLog):
             tx.run("LOCK TABLE events IN EXCLUSIVE MODE")
 
     def append_in(self, tx: Tx, events: Sequence[Event]) -> list[Event]:
-        """Appends inside a caller's transaction (so projections can share it)."""
+        """``append`` inside a caller's transaction (so projections can share it): takes
+        the write lock, returns the first copy of a retried batch, refuses a claim the
+        stored streams do not allow, places and inserts the rest."""
         if not events:
             return []
+        self.lock(tx)  # first: a retry overlapping its first copy waits for it to commit
+        stored = self.retried(tx, events)
+        if stored is not None:
+            return stored
+        self.check_claims(tx, events)
+        placed = self.place(events, self.last_placed(tx))
+        self.insert_placed(tx, placed)
+        return placed
+
+    def retried(self, tx: Tx, events: Sequence[Event]) -> list[Event] | None:
+        """The stored first copy when ``events`` is a retried batch (its first event id is
+        stored), else None; IntegrityError when only some, or other, events are stored."""
         if tx.one("SELECT position FROM events WHERE event_id = ?", (events[0].event_id.bytes,)):
             return self._already_appended(tx, events)
-        self.lock(tx)
+        return None
+
+    def check_claims(self, tx: Tx, events: Sequence[Event]) -> None:
+        """Refuses a batch whose stream claims do not follow the stored streams (see
+        ``chain.claim_problem``). A writer that sealed its batch against stream heads it
+        read under the write lock, in the same transaction, needs no such check."""
+        heads: dict[str, StreamHead] = {}
+        for event in events:
+            head = heads.get(event.stream)
+            problem = claim_problem(event, head or self.stream_head(event.stream, tx))
+            if problem is not None:
+                raise problem
+            heads[event.stream] = StreamHead(event.stream_version, event.hash)
+
+    @staticmethod
+    def last_placed(tx: Tx) -> tuple[int, int]:
+        """The position and append time of the last event ((0, 0) when the log is empty)."""
         last = tx.one("SELECT position, appended_at FROM events ORDER BY position DESC LIMIT 1")
-        position, appended_at = last if last is not None else (0, 0)
+        return (int(last[0]), int(last[1])) if last is not None else (0, 0)
+
+    def place(self, events: Sequence[Event], last: tuple[int, int]) -> list[Event]:
+        """The events at the positions after ``last`` (see ``last_placed``), appended now,
+        and never before the last event (append times never decrease)."""
+        position, appended_at = last
         appended_at = max(self._clock(), appended_at)
-        self._check_claims(tx, events)
-        placed = [e.at(position + i, appended_at) for i, e in enumerate(events, start=1)]
-        tx.run_many(INSERT, [_row(e) for e in placed])
-        return placed
+        return [e.at(position + i, appended_at) for i, e in enumerate(events, start=1)]
+
+    def insert_placed(self, tx: Tx, placed: Sequence[Event]) -> None:
+        """Inserts events placed after the last one by a writer holding the write lock.
+
+        The unique constraints are the backstop for a claim nobody checked against the
+        stored streams: a version that is taken raises ``ConcurrencyConflict`` (which
+        also happens when the projection's stream heads lag the log, because a fold
+        refused a stored event on a rebuild), a stored event id ``IntegrityError``."""
+        try:
+            tx.run_many(INSERT, [_row(e) for e in placed])
+        except Exception as exc:
+            refusal = _refusal(exc, placed)
+            if refusal is None:
+                raise
+            raise refusal from exc
 
     def read(
         self,
@@ -196,25 +246,6 @@ class SqlLog(EventLog):
     def close(self) -> None:
         self.database.dispose()
 
-    def _check_claims(self, tx: Tx, events: Sequence[Event]) -> None:
-        heads: dict[str, StreamHead] = {}
-        for event in events:
-            head = heads.get(event.stream)
-            if head is None:
-                head = self.stream_head(event.stream, tx)
-            if event.stream_version != head.version + 1:
-                raise ConcurrencyConflict(
-                    f"{event.type} claims version {event.stream_version} of stream "
-                    f"{event.stream!r}, whose last version is {head.version}: another writer "
-                    "appended first; re-read and retry"
-                )
-            if event.prev_hash != head.hash:
-                raise IntegrityError(
-                    f"{event.type} for {event.stream!r} v{event.stream_version} does not chain "
-                    "to the stream's previous event (prev_hash differs)"
-                )
-            heads[event.stream] = StreamHead(event.stream_version, event.hash)
-
     @staticmethod
     def _already_appended(tx: Tx, events: Sequence[Event]) -> list[Event]:
         ids = [e.event_id.bytes for e in events]
@@ -248,3 +279,24 @@ def _row(e: Event) -> tuple[Any, ...]:
         e.schema,
         e.payload,
     )
+
+
+def _refusal(exc: Exception, placed: Sequence[Event]) -> ModeltrailError | None:
+    """A unique constraint of the log that an INSERT broke, as the writer's error (None
+    for any other failure). Recognised by the drivers' messages, which name the columns
+    (SQLite) or the constraint (PostgreSQL)."""
+    text = str(exc)
+    if "events_stream_version" in text or "events.stream_version" in text:
+        claims = ", ".join(f"{e.stream} v{e.stream_version}" for e in placed[:5])
+        return ConcurrencyConflict(
+            f"the log already holds a stream version this batch claims ({claims}"
+            f"{', …' if len(placed) > 5 else ''}): each version is claimed once. Another "
+            "writer got there first (re-read and retry), or the projections lag the log "
+            "(a fold refused a stored event on a rebuild: see `modeltrail verify`)"
+        )
+    if "event_id" in text:
+        return IntegrityError(
+            "a batch holds an event id the log already stores: event ids are unique, and a "
+            "retry must resend exactly the batch that was first sent"
+        )
+    return None

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from modeltrail.core.events.envelope import Event
+from modeltrail.core.events.chain import claim_problem
+from modeltrail.core.events.envelope import EMPTY_STREAM, Event, StreamHead
 from modeltrail.core.projections.fold import ANY_TYPE, Projection
 from modeltrail.core.projections.state import State
 from modeltrail.core.projections.tables import NAMESPACES, STREAM_HEADS, StreamHeadRow
-from modeltrail.errors import ConcurrencyConflict, IntegrityError, NotFound, PermissionDenied
+from modeltrail.errors import NotFound, PermissionDenied
 
 READ_ONLY_TYPES = frozenset({"VersionDownloaded"})
 """Events that record a read: anyone may record them in any namespace."""
@@ -28,17 +29,9 @@ check the namespace before emitting."""
 
 def check_claim(state: State, event: Event, _data: dict[str, Any]) -> None:
     head = state.get(STREAM_HEADS, (event.stream,))
-    version, prev_hash = (head.version, head.hash) if head else (-1, b"")
-    if event.stream_version != version + 1:
-        raise ConcurrencyConflict(
-            f"{event.type} claims version {event.stream_version} of {event.stream!r} whose "
-            f"last version is {version}: another writer got there first"
-        )
-    if event.prev_hash != prev_hash:
-        raise IntegrityError(
-            f"{event.type} for {event.stream!r} v{event.stream_version} does not chain to "
-            "the stream's previous event"
-        )
+    problem = claim_problem(event, StreamHead(head.version, head.hash) if head else EMPTY_STREAM)
+    if problem is not None:
+        raise problem
     if event.type != "NamespaceCreated" and event.type not in INDEPENDENT_TYPES:
         namespace = state.get(NAMESPACES, (event.namespace,))
         if namespace is None:
