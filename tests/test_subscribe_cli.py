@@ -14,7 +14,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 import modeltrail as mt
+from modeltrail.cli import consumers as cli_consumers
 from modeltrail.cli import main
+from modeltrail.consumers.subscriptions import SqlCursors
 from tests.conftest import ManualClock
 
 WAIT = 30.0
@@ -175,3 +177,24 @@ def test_a_second_signal_terminates_the_command_which_then_comes_again(
     assert not out.exists()
     result = _subscribe(home, "--group", "deploy", "--alias", "production", "--idle-timeout", "0.3")
     assert [json.loads(line)["data"]["to_index"] for line in result.output.splitlines()] == [0]
+
+
+def test_printing_commits_once_nothing_more_is_buffered_not_once_per_event(
+    registry: mt.Registry, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(40):
+        registry.set_alias(f"m:v{i % 2}", "production")
+    saved: list[int] = []
+    save = SqlCursors.save
+
+    def counted(cursors: SqlCursors, group: str, position: int, actor: str = "") -> None:
+        saved.append(position)
+        save(cursors, group, position, actor)
+
+    monkeypatch.setattr(SqlCursors, "save", counted)
+    monkeypatch.setattr(cli_consumers, "PRINT_COMMIT_S", 3600.0)
+    args = ["--group", "printer", "--type", "AliasMoved", "--from", "earliest"]
+    result = _subscribe(home, *args, "--idle-timeout", "0.3")
+    assert len(result.output.splitlines()) == 40
+    assert saved == [0, registry.head()]  # the new group's start, then one commit for all
+    assert _subscribe(home, *args, "--idle-timeout", "0.3").output == ""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import modeltrail as mt
+from modeltrail.consumers.execute import ExecConsumer
 from modeltrail.consumers.subscriptions import Subscription
 from modeltrail.core.events.envelope import Event
 from modeltrail.errors import InvalidInput, InvalidName, ReadOnly
@@ -307,3 +308,27 @@ def test_bad_subscriptions_are_refused_naming_the_rule(reg: mt.Registry) -> None
     _versions(reg, "m", 1)
     with pytest.raises(ReadOnly):
         reg.as_of(1).subscribe("g")
+
+
+def test_a_consumer_commits_every_n_handled_events_and_once_nothing_is_buffered(
+    reg: mt.Registry,
+) -> None:
+    _versions(reg, "m", 25)
+    sub = reg.subscribe("counter", types=["VersionLogged"])
+    handled: list[int] = []
+    commits: list[int] = []
+    commit = sub.commit
+
+    def counted() -> None:
+        commit()
+        commits.append(len(handled))
+
+    def handle(event: Event) -> bool:
+        handled.append(event.position)
+        return True
+
+    sub.commit = counted  # type: ignore[method-assign]
+    consumer = ExecConsumer(sub, handle=handle, commit_every=10, commit_s=3600)
+    assert consumer.run(idle_timeout=0.05) == 0
+    assert (len(handled), commits) == (25, [10, 20, 25])
+    assert _drain(reg.subscribe("counter")) == []

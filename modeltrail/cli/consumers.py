@@ -6,12 +6,15 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from modeltrail.cli import _echo_json, _registry, _table, _when, json_option, main
 from modeltrail.consumers.signals import on_signals
+
+if TYPE_CHECKING:
+    from modeltrail.core.events.envelope import Event
 
 
 def _say(line: str) -> None:
@@ -57,31 +60,21 @@ def subscribe(
     A restarted group goes on after the last event it handled; SIGINT or SIGTERM stop it
     cleanly (a running command is let finish; a second signal terminates it)."""
     from modeltrail.consumers.execute import ExecConsumer
-    from modeltrail.consumers.subscriptions import event_document
     from modeltrail.consumers.webhooks import Backoff
-    from modeltrail.errors import ConcurrencyConflict
 
     registry = _registry(ctx)
     sub = registry.subscribe(group, types=types or None, model=model, alias=alias, start=start)
     ctx.call_on_close(sub.close)
     if command is None:
-        stop = threading.Event()
-        idle = 0.0
-        with on_signals(stop.set):
-            while not stop.is_set():
-                event = sub.poll(0.2)
-                if event is None:
-                    idle += 0.2
-                    if idle_timeout is not None and idle >= idle_timeout:
-                        break
-                    continue
-                idle = 0.0
-                click.echo(json.dumps(event_document(event), ensure_ascii=False))
-                sys.stdout.flush()
-                try:
-                    sub.commit()
-                except ConcurrencyConflict as exc:  # Kafka: the group's partitions moved
-                    _say(f"not committed: {exc}")
+        consumer = ExecConsumer(
+            sub,
+            handle=_print_event,
+            log=_say,
+            commit_every=PRINT_COMMIT_EVERY,
+            commit_s=PRINT_COMMIT_S,
+        )
+        with on_signals(consumer.stop):
+            consumer.run(idle_timeout=idle_timeout)
         return
     consumer = ExecConsumer(
         sub,
@@ -95,6 +88,20 @@ def subscribe(
         status = consumer.run(idle_timeout=idle_timeout)
     _say(f"group {group} stopped, {sub.place} ({consumer.handled} handled)")
     sys.exit(status)
+
+
+PRINT_COMMIT_EVERY = 1000
+PRINT_COMMIT_S = 0.1
+"""Printed events are committed together: once nothing more is buffered, or after this
+many events or seconds (a commit is a write transaction, which trainers wait for)."""
+
+
+def _print_event(event: Event) -> bool:
+    from modeltrail.consumers.subscriptions import event_document
+
+    click.echo(json.dumps(event_document(event), ensure_ascii=False))
+    sys.stdout.flush()
+    return True
 
 
 # -- webhooks ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Runs a shell command once per event of a subscription (``modeltrail subscribe --exec``).
+"""Hands each event of a subscription to a handler: by default a shell command, run once
+per event (``modeltrail subscribe --exec``).
 
 The command gets the event as JSON on its standard input and as ``MODELTRAIL_*``
 environment variables. Exit status 0 commits the event; anything else is retried after
@@ -12,6 +13,12 @@ command, which is then not committed. Either way nothing committed is lost and n
 handled is skipped: at worst the event that was running is run again on the next start.
 On Kafka, a commit the consumer group refuses (its partitions moved to another member
 meanwhile) is logged, and the event is run again by whoever holds its partition next.
+
+Any other ``handle(event) -> bool`` may take the command's place (``subscribe`` without
+``--exec`` prints each event). Such a handler may let commits cover several events
+(``commit_every``, ``commit_s``): the consumer then commits once the subscription has
+nothing buffered, after that many events, or that many seconds after the first
+uncommitted one, and always before it returns.
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 
 from modeltrail.consumers.subscriptions import ALIAS_TYPES, Subscription, event_document
 from modeltrail.consumers.webhooks import Backoff
 from modeltrail.core.events.envelope import Event, to_datetime
-from modeltrail.errors import ConcurrencyConflict, ModeltrailError
+from modeltrail.errors import ConcurrencyConflict, InvalidInput, ModeltrailError
 
 MAX_ENV_JSON = 100_000
 """Events whose JSON is longer go on standard input only (environments are small)."""
@@ -61,6 +69,11 @@ def event_environment(event: Event, group: str, attempt: int) -> dict[str, str]:
     return env
 
 
+def _label(event: Event) -> str:
+    label = f"position {event.position} {event.type} {event.stream}"
+    return f"{event.partition} {label}" if event.partition else label
+
+
 def _ref(data: dict[str, object], side: str) -> str:
     model = data.get(f"{side}_model")
     if model is None:
@@ -68,24 +81,44 @@ def _ref(data: dict[str, object], side: str) -> str:
     return f"{data[f'{side}_namespace']}/{model}:v{data[f'{side}_index']}"
 
 
+Handler = Callable[[Event], bool]
+"""Deals with one event: True when done with it (a commit may cover it), False to stop
+without committing it."""
+
+
 class ExecConsumer:
+    """Hands each event of ``subscription`` to ``handle`` (default: runs ``command``) and
+    commits what was handled; see the module docstring."""
+
     def __init__(
         self,
         subscription: Subscription,
-        command: str,
+        command: str | None = None,
         *,
+        handle: Handler | None = None,
         backoff: Backoff | None = None,
         max_attempts: int | None = None,
         log: Callable[[str], None] = lambda _line: None,
         poll_s: float = 0.2,
+        commit_every: int = 1,
+        commit_s: float = 0.0,
     ) -> None:
+        if (command is None) == (handle is None):
+            raise InvalidInput("an ExecConsumer runs a command or calls a handler: give one")
+        if commit_every < 1:
+            raise InvalidInput(f"commit_every {commit_every!r} is invalid: at least 1")
         self.subscription = subscription
         self.command = command
+        self.handle: Handler = self._run_command if handle is None else handle
         self.backoff = backoff or Backoff(base_s=1.0, factor=2.0, max_s=60.0)
         self.max_attempts = max_attempts
         self.log = log
         self.poll_s = poll_s
+        self.commit_every = commit_every
+        self.commit_s = commit_s
         self.handled = 0
+        self._uncommitted = 0
+        self._uncommitted_since = 0.0
         self._stop = threading.Event()
         self._stops = 0
         self._child: subprocess.Popen[bytes] | None = None
@@ -100,22 +133,51 @@ class ExecConsumer:
                 os.killpg(child.pid, signal.SIGTERM)  # the shell and what it started
 
     def run(self, *, idle_timeout: float | None = None) -> int:
-        """Handles events until stopped (0), idle for ``idle_timeout`` seconds (0), or an
-        event failed ``max_attempts`` times (1)."""
+        """Handles events until stopped (0), idle for ``idle_timeout`` seconds (0), or the
+        handler refused an event (1; the command: it failed ``max_attempts`` times)."""
         idle = 0.0
-        while not self._stop.is_set():
-            event = self.subscription.poll(self.poll_s)
-            if event is None:
-                idle += self.poll_s
-                if idle_timeout is not None and idle >= idle_timeout:
-                    return 0
-                continue
-            idle = 0.0
-            if not self._handle(event):
-                return 0 if self._stop.is_set() else 1
-        return 0
+        try:
+            while not self._stop.is_set():
+                event = self.subscription.poll(self.poll_s)
+                if event is None:
+                    idle += self.poll_s
+                    if idle_timeout is not None and idle >= idle_timeout:
+                        return 0
+                    continue
+                idle = 0.0
+                if not self.handle(event):
+                    self._uncommitted = 0  # a commit now would cover the refused event
+                    return 0 if self._stop.is_set() else 1
+                self.handled += 1
+                self._handled(event)
+            return 0
+        finally:
+            if self._uncommitted:
+                self._commit(None)
 
-    def _handle(self, event: Event) -> bool:
+    def _handled(self, event: Event) -> None:
+        """Commits now when due: see the module docstring."""
+        now = time.monotonic()
+        if not self._uncommitted:
+            self._uncommitted_since = now
+        self._uncommitted += 1
+        if (
+            self._uncommitted >= self.commit_every
+            or not self.subscription.buffered
+            or now - self._uncommitted_since >= self.commit_s
+        ):
+            self._commit(event)
+
+    def _commit(self, event: Event | None) -> None:
+        self._uncommitted = 0
+        try:
+            self.subscription.commit()
+        except ConcurrencyConflict as exc:  # Kafka: the group's partitions moved
+            where = "" if event is None else f"{_label(event)}: "
+            self.log(f"{where}handled but not committed: {exc}")
+
+    def _run_command(self, event: Event) -> bool:
+        assert self.command is not None
         document = json.dumps(event_document(event), ensure_ascii=False)
         attempt = 0
         while True:
@@ -123,17 +185,9 @@ class ExecConsumer:
             env = {**os.environ, **event_environment(event, self.subscription.group, attempt)}
             if len(document) <= MAX_ENV_JSON:
                 env["MODELTRAIL_EVENT_JSON"] = document
-            status = self._run_child(document.encode() + b"\n", env)
-            label = f"position {event.position} {event.type} {event.stream}"
-            if event.partition:
-                label = f"{event.partition} {label}"
+            status = self._run_child(self.command, document.encode() + b"\n", env)
+            label = _label(event)
             if status == 0:
-                self.handled += 1
-                try:
-                    self.subscription.commit()
-                except ConcurrencyConflict as exc:  # Kafka: the group's partitions moved
-                    self.log(f"{label}: done (attempt {attempt}) but not committed: {exc}")
-                    return True
                 self.log(f"{label}: done (attempt {attempt})")
                 return True
             if self._stops > 1:
@@ -153,12 +207,12 @@ class ExecConsumer:
             if self._stop.wait(delay):
                 return False
 
-    def _run_child(self, stdin: bytes, env: dict[str, str]) -> int:
+    def _run_child(self, command: str, stdin: bytes, env: dict[str, str]) -> int:
         # The command may be a pipeline: a shell runs it, as cron and CI runners do. In a
         # session of its own, so that a terminal's Ctrl-C reaches only this consumer,
         # which decides whether the command finishes or is terminated.
         self._child = subprocess.Popen(
-            self.command, shell=True, stdin=subprocess.PIPE, env=env, start_new_session=True
+            command, shell=True, stdin=subprocess.PIPE, env=env, start_new_session=True
         )
         try:
             self._child.communicate(stdin)

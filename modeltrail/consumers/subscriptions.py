@@ -378,6 +378,12 @@ class Subscription:
         return self._feed.committed
 
     @property
+    def buffered(self) -> int:
+        """How many events were fetched and not yet handed out or passed over: 0 when the
+        next ``poll`` asks the feed (a good moment to commit)."""
+        return len(self._pending)
+
+    @property
     def place(self) -> str:
         """Where the group's committed progress stands: "after position 12" on the SQL log,
         "resumes at registry-0 offset 7 event 2, …" (an offset per partition) on Kafka."""
