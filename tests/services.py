@@ -60,6 +60,19 @@ def _unavailable(reason: str, details: str = "") -> NoReturn:
     pytest.skip(reason)
 
 
+def require_package(name: str) -> ModuleType:
+    """Imports an optional package a test needs: skips the test without it, or fails it
+    when services are required (CI installs every extra, so a missing one is a setup bug).
+    At module level it skips or fails the whole module, like ``pytest.importorskip``."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        reason = f"{name} is not installed: {exc}"
+        if _required():
+            pytest.fail(f"{reason} ({REQUIRE_ENV}=1)", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
+
+
 @contextlib.contextmanager
 def _service(kind: str) -> Iterator[dict[str, Any]]:
     """Start `kind` in a fresh temporary directory; stop it and delete the directory on exit."""

@@ -23,6 +23,7 @@ from modeltrail.errors import LogUnavailable, ProjectionTimeout
 from modeltrail.producers.run import Run
 from modeltrail.producers.spool import Entry, Spool, open_run, outbox_for, spool_of
 from tests.conftest import ManualClock
+from tests.services import require_package
 
 
 @contextmanager
@@ -121,7 +122,7 @@ def test_spooled_events_keep_the_time_they_were_made(
 
 
 def test_the_tracer_trains_on_while_the_log_is_locked(trainer: mt.Registry, home: Path) -> None:
-    torch = pytest.importorskip("torch")
+    torch = require_package("torch")
     from modeltrail.producers.torch import ClassificationTracer, Evaluator
 
     torch.manual_seed(0)
@@ -414,7 +415,7 @@ def test_entries_round_trip_through_their_text(clock: ManualClock) -> None:
 
 
 def test_a_checkpoint_logged_while_the_log_is_locked(trainer: mt.Registry, home: Path) -> None:
-    torch = pytest.importorskip("torch")
+    torch = require_package("torch")
     from modeltrail.producers.torch import load_model, log_model
 
     model = torch.nn.Linear(4, 2)

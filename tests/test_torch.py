@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.services import require_package
+
+torch = require_package("torch")
 nn = torch.nn
 F = torch.nn.functional
 

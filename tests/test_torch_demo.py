@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
+from tests.services import require_package
 
-import modeltrail as mt
-from modeltrail.demo import run_demo
-from modeltrail.producers.torch import Evaluator
+require_package("torch")
+
+import modeltrail as mt  # noqa: E402
+from modeltrail.demo import run_demo  # noqa: E402
+from modeltrail.producers.torch import Evaluator  # noqa: E402
 
 
 @pytest.mark.slow
