@@ -166,3 +166,15 @@ def test_a_kafka_dry_run_decides_on_the_projection_and_appends_nothing(
     with pytest.raises(AlreadyExists):
         kafka_engine.dry_run(lambda b: cmd.create_model(b, "team", "m"), actor="alice")
     assert kafka_engine.dry_run(lambda b: len(b.events), actor="alice") == 0
+
+
+def test_a_projection_reset_to_empty_sends_a_consumer_ahead_of_it_back_to_offset_0(
+    kafka_engine: KafkaEngine,
+) -> None:
+    """A worker that had consumed up to offset 2 before the projection was emptied (a
+    reset, a new database) must not fold offset 3 onto nothing: it seeks back to 0."""
+    events = _sealed(kafka_engine, lambda b: cmd.create_model(b, "team", "m"))
+    assert kafka_engine.apply([_record(events, 3)]) == {"registry-0": 0}
+    assert kafka_engine.checkpoints() == {}
+    assert kafka_engine.apply([_record(events, 0)]) == {}
+    assert kafka_engine.checkpoints() == {"registry-0": position_of(0, len(events) - 1)}

@@ -312,11 +312,14 @@ class KafkaEngine:
                     state.prefetch(
                         RECORDS, {(r.events[0].event_id.bytes,) for r in ordered if r.events}
                     )
-                    following = offset_of(done) + 1 if done else None
+                    # checkpoints are positions (>= 1): 0 means nothing applied yet, so
+                    # the first record wanted is at offset 0 (a consumer that read on before
+                    # the projection was reset or rebuilt empty seeks back there)
+                    following = offset_of(done) + 1 if done else 0
                     for record in ordered:
-                        if following is not None and record.offset < following:
+                        if record.offset < following:
                             continue
-                        if following is not None and record.offset > following:
+                        if record.offset > following:
                             reseek[partition] = following
                             break
                         self.runner.apply_record(state, record, mirror.append)
