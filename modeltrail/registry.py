@@ -726,7 +726,7 @@ class Registry:
 
     def _store_files(self, files: Files, progress: BytesProgress | None) -> list[cmd.FileEntry]:
         entries = []
-        for name, source in sorted(_collect(files).items()):
+        for name, source in sorted(collect_files(files).items()):
             check_file_path(name)
             if isinstance(source, bytes):
                 digest, size = self.blobs.put_bytes(source)
@@ -741,7 +741,7 @@ class Registry:
         return engine.drift(self._read.query, events)
 
 
-def _collect(files: Files) -> dict[str, str | os.PathLike[str] | bytes]:
+def collect_files(files: Files) -> dict[str, str | os.PathLike[str] | bytes]:
     """The files of a version by relative name: a file, a directory tree or a mapping."""
     if isinstance(files, Mapping):
         return dict(files)

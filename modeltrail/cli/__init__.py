@@ -118,13 +118,6 @@ def _when(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def event_json(event: Event) -> dict[str, Any]:
-    """An event as JSON: the envelope and, when its schema is known, the payload."""
-    from modeltrail.consumers.subscriptions import event_document
-
-    return event_document(event)
-
-
 @contextmanager
 def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on a terminal; nothing when output is piped."""
@@ -249,7 +242,12 @@ def log_version(
         metadata = json.loads(metadata_json) if metadata_json else None
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"--metadata is not JSON: {exc}") from None
-    total = sum(p.stat().st_size for p in _files_under(Path(path)))
+    from modeltrail.registry import collect_files
+
+    total = sum(
+        len(f) if isinstance(f, bytes) else Path(f).stat().st_size
+        for f in collect_files(path).values()
+    )
     with _progress("uploading", total) as advance:
         version = registry.log_version(
             model,
@@ -261,10 +259,6 @@ def log_version(
             progress=advance,
         )
     click.echo(version.ref)
-
-
-def _files_under(root: Path) -> list[Path]:
-    return [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
 
 
 @main.command()
@@ -483,6 +477,8 @@ def events(
     as_json: bool,
 ) -> None:
     """Print events from the log (JSON Lines with --json)."""
+    from modeltrail.consumers.subscriptions import event_document
+
     registry = _registry(ctx)
     found: Iterable[Event] = registry.events(
         after=after, until=until, types=types or None, namespace=namespace_filter, stream=stream
@@ -492,7 +488,7 @@ def events(
     if as_json or follow:
         for event in found:
             click.echo(
-                json.dumps(event_json(event), ensure_ascii=False)
+                json.dumps(event_document(event), ensure_ascii=False)
                 if as_json
                 else "  ".join(str(v) for v in next(_event_rows([event])))
             )
@@ -520,6 +516,8 @@ def audit(
     as_json: bool,
 ) -> None:
     """Who did what, when: the audit trail, as a table, JSON Lines or CSV."""
+    from modeltrail.consumers.subscriptions import event_document
+
     found = _registry(ctx).audit(
         namespace=namespace_filter,
         actor=actor_filter,
@@ -529,14 +527,14 @@ def audit(
     )
     if as_json or fmt == "jsonl":
         for event in found:
-            click.echo(json.dumps(event_json(event), ensure_ascii=False))
+            click.echo(json.dumps(event_document(event), ensure_ascii=False))
     elif fmt == "csv":
         import csv
 
         writer = csv.writer(sys.stdout)
         writer.writerow([*EVENT_HEADERS, "event_id", "data"])
         for event, row in zip(found, _event_rows(found), strict=True):
-            writer.writerow([*row, str(event.event_id), json.dumps(event_json(event)["data"])])
+            writer.writerow([*row, str(event.event_id), json.dumps(event_document(event)["data"])])
     else:
         _table(EVENT_HEADERS, _event_rows(found))
 
