@@ -75,7 +75,11 @@ def test_webhook_add_run_deliveries_and_rm(
     ]
     deliveries = json.loads(_cli(home, "webhook", "deliveries", hook_id, "--json").output)
     assert [(d["outcome"], d["status"]) for d in deliveries] == [("delivered", 204)]
-    assert _cli(home, "webhook", "list").output.startswith("webhook")
+    listed_table = CliRunner().invoke(
+        main, ["--home", str(home), "webhook", "list"], env={"COLUMNS": "200"}
+    )
+    assert listed_table.output.startswith("webhook")
+    assert "alias 'production' of team/m " in listed_table.output
 
     assert _cli(home, "webhook", "rm", hook_id).exit_code == 0
     assert json.loads(_cli(home, "webhook", "list", "--json").output) == []

@@ -164,7 +164,7 @@ def webhook_list(ctx: click.Context, include_removed: bool, as_json: bool) -> No
             (
                 h.webhook_id,
                 h.url,
-                _filter_text(h),
+                h.filter.describe(),
                 h.delivered,
                 h.failed,
                 "-" if on_kafka else h.done_through,
@@ -173,14 +173,6 @@ def webhook_list(ctx: click.Context, include_removed: bool, as_json: bool) -> No
             for h in found
         ],
     )
-
-
-def _filter_text(hook: Any) -> str:
-    from modeltrail.consumers.subscriptions import ALIAS_TYPES
-
-    types = "" if hook.alias and set(hook.types) == ALIAS_TYPES else ",".join(hook.types)
-    parts = [hook.owner or "", f"alias={hook.alias}" if hook.alias else "", types]
-    return " ".join(p for p in parts if p) or "every event"
 
 
 @webhook.command("rm")

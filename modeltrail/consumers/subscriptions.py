@@ -151,8 +151,8 @@ class EventFilter:
             parts.append(f"alias {self.alias!r}")
         if self.owner is not None:
             parts.append(f"of {self.owner[0]}/{self.owner[1]}")
-        if self.types is not None:
-            parts.append(f"types {', '.join(sorted(self.types))}")
+        if self.types is not None and not (self.alias is not None and self.types == ALIAS_TYPES):
+            parts.append(f"types {', '.join(sorted(self.types))}")  # an alias implies its types
         return " ".join(parts) or "every event"
 
 

@@ -171,6 +171,15 @@ class Webhook:
     done_through: int
     actor: str
 
+    @property
+    def filter(self) -> EventFilter:
+        """Which events the webhook is sent."""
+        owner = None
+        if self.owner is not None:
+            namespace, _, name = self.owner.partition("/")
+            owner = (namespace, name)
+        return EventFilter(frozenset(self.types) or None, owner, self.alias)
+
     @classmethod
     def from_row(cls, row: WebhookRow) -> Webhook:
         return cls(
