@@ -29,7 +29,7 @@ from modeltrail.core.events.kafka_log import Record
 from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter
 from modeltrail.core.events.sql_log import _filter_sql, _row, event_from_row
 from modeltrail.core.projections.runner import Runner
-from modeltrail.core.projections.state import Journal, MemoryState, Overlay, Spec, State
+from modeltrail.core.projections.state import Spec, State
 from modeltrail.core.projections.tables import CHECKPOINTS, CheckpointRow
 from modeltrail.errors import IntegrityError, ModeltrailError, ReadOnly
 
@@ -112,21 +112,15 @@ class RecordRunner(Runner):
                 )
                 status = REJECTED
         else:
-            # In memory an undo journal is cheapest; over SQL an overlay, which (unlike a
-            # journal) does not read a row before writing it.
-            scratch = state.journal() if isinstance(state, MemoryState) else Overlay(state)
+            scratch = self.scratch(state)
             try:
                 self.folder.apply_all(scratch, events)
             except ModeltrailError as exc:
-                if isinstance(scratch, Journal):
-                    scratch.rollback()
+                scratch.rollback()
                 self.reject(state, events, exc)
                 status = REJECTED
             else:
-                if isinstance(scratch, Journal):
-                    scratch.keep()
-                else:
-                    scratch.commit()
+                scratch.keep()
                 state.put(
                     RECORDS,
                     RecordRow(

@@ -21,6 +21,7 @@ from modeltrail.core.projections.fold import Folder
 from modeltrail.core.projections.state import (
     Journal,
     MemoryState,
+    Overlay,
     Spec,
     SqlState,
     State,
@@ -81,19 +82,26 @@ class Runner:
         """Applies events in order; one a fold refuses is recorded as rejected and leaves
         no other trace, so every replay of the same log reaches the same state."""
         last = None
-        journal = state.journal() if isinstance(state, MemoryState) else Journal(state)
+        scratch = self.scratch(state)
         for event in events:
             try:
-                self.folder.apply(journal, event)
+                self.folder.apply(scratch, event)
             except ModeltrailError as exc:
-                journal.rollback()
+                scratch.rollback()
                 self.reject(state, [event], exc)
             else:
-                journal.keep()
+                scratch.keep()
             last = event
         if last is not None:
             state.put(CHECKPOINTS, CheckpointRow(self.name, partition, last.position))
         return 0 if last is None else last.position
+
+    @staticmethod
+    def scratch(state: State) -> Journal | Overlay:
+        """Where folds try an event (or a record) before it is kept or rolled back: over
+        memory an undo journal, cheapest when almost everything is kept; over SQL an
+        overlay, which (unlike a journal) never reads a row before writing it."""
+        return state.journal() if isinstance(state, MemoryState) else Overlay(state)
 
     def reject(self, state: State, events: Sequence[Event], reason: Exception) -> None:
         text = f"{type(reason).__name__}: {reason}"

@@ -153,6 +153,14 @@ class Overlay:
                     self.base.put(spec, row)
         self.changes.clear()
 
+    def keep(self) -> None:
+        """Commits (the name a ``Journal`` has for it, so either can be a scratch state)."""
+        self.commit()
+
+    def rollback(self) -> None:
+        """Drops the buffered changes; the overlay can be used again."""
+        self.changes.clear()
+
 
 class Journal:
     """Writes straight through to a state and remembers how to undo them.
