@@ -19,6 +19,7 @@ from modeltrail.core.engine import Engine
 from modeltrail.core.events.envelope import Event
 from modeltrail.core.events.kafka_log import KafkaLog, Record, encode_record, position_of
 from modeltrail.core.kafka_engine import KafkaEngine
+from modeltrail.core.projections.tables import CHECKPOINTS, CheckpointRow
 from modeltrail.core.readmodel import ReadModel
 from modeltrail.errors import (
     AlreadyExists,
@@ -120,11 +121,16 @@ def test_a_dry_run_returns_what_the_command_decides_and_writes_nothing(engine: E
 # -- the Kafka engine, without a broker -----------------------------------------------
 
 
-@pytest.fixture
-def kafka_engine(tmp_path: Path) -> Iterator[KafkaEngine]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def kafka_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KafkaEngine]:
+    url = (
+        f"sqlite:///{tmp_path / 'projection.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("pg_database")
+    )
     # no broker listens there: prepare() creates the tables and skips the topics
     log = KafkaLog("127.0.0.1:9", prefix="core", timeout_s=0.5)
-    made = KafkaEngine(Database(f"sqlite:///{tmp_path / 'projection.db'}"), log, wait_s=5)
+    made = KafkaEngine(Database(url), log, wait_s=5)
     made.prepare()
     yield made
     made.database.dispose()
@@ -178,3 +184,14 @@ def test_a_projection_reset_to_empty_sends_a_consumer_ahead_of_it_back_to_offset
     assert kafka_engine.checkpoints() == {}
     assert kafka_engine.apply([_record(events, 0)]) == {}
     assert kafka_engine.checkpoints() == {"registry-0": position_of(0, len(events) - 1)}
+
+
+def test_a_projector_transaction_reads_back_what_it_flushed(kafka_engine: KafkaEngine) -> None:
+    from modeltrail.core.kafka_engine import _ProjectorState, _Remembered
+
+    with kafka_engine.database.transaction() as tx:
+        state = _ProjectorState(tx, _Remembered())
+        assert kafka_engine.runner.checkpoint(state, "registry-0") == 0
+        state.put(CHECKPOINTS, CheckpointRow(kafka_engine.runner.name, "registry-0", 7))
+        state.flush()
+        assert kafka_engine.runner.checkpoint(state, "registry-0") == 7

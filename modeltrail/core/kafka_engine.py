@@ -520,22 +520,14 @@ class _ProjectorState(SqlState):
         into[spec, key] = row
         return row
 
-    def flush(self) -> None:
-        """Writes the buffered rows; on PostgreSQL a large batch for a table goes through
-        COPY into a temporary table and one ``INSERT … ON CONFLICT`` (row-by-row
-        statements cost a round trip's share each, and dominate a projector's time)."""
-        if self.tx.dialect != "postgresql":
-            super().flush()
-            return
-        for spec, table in self.changes.items():
-            deleted = [key for key, row in table.items() if row is None]
-            written = [row for row in table.values() if row is not None]
-            self.tx.run_many(spec.delete_sql, deleted)
-            if len(written) < BULK_ROWS:
-                self.tx.run_many(spec.upsert_sql, written)
-            else:
-                _upsert_bulk(self.tx, spec, written)
-        self.changes.clear()
+    def _write_rows(self, spec: Spec, rows: list[RowT]) -> None:
+        """On PostgreSQL a large batch for a table goes through COPY into a temporary
+        table and one ``INSERT … ON CONFLICT`` (row-by-row statements cost a round trip's
+        share each, and dominate a projector's time)."""
+        if self.tx.dialect == "postgresql" and len(rows) >= BULK_ROWS:
+            _upsert_bulk(self.tx, spec, rows)
+        else:
+            super()._write_rows(spec, rows)
 
     def written(self) -> dict[tuple[Spec, Key], RowT | None]:
         """The rows this transaction writes (None: deleted) that are worth remembering."""

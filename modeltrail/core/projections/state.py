@@ -236,9 +236,13 @@ class SqlState(Overlay):
             deleted = [key for key, row in table.items() if row is _DELETED]
             written = [row for row in table.values() if row is not _DELETED]
             self.tx.run_many(spec.delete_sql, deleted)
-            self.tx.run_many(spec.upsert_sql, written)
+            self._write_rows(spec, written)
             self.rows.remember(spec, table)
         self.changes.clear()
+
+    def _write_rows(self, spec: Spec, rows: list[RowT]) -> None:
+        """Upserts the rows a flush writes to one table (a subclass may do it in bulk)."""
+        self.tx.run_many(spec.upsert_sql, rows)
 
 
 class SqlRows:
