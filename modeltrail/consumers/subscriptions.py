@@ -93,6 +93,8 @@ class EventFilter:
     types: frozenset[str] | None = None
     owner: tuple[str, str] | None = None
     alias: str | None = None
+    excluded: frozenset[str] = frozenset()
+    """Types never matched, whatever ``types`` says (a webhook's own event types)."""
 
     @classmethod
     def build(
@@ -128,6 +130,8 @@ class EventFilter:
         return LogFilter(types=self.types)
 
     def matches(self, event: Event) -> bool:
+        if event.type in self.excluded:
+            return False
         if self.types is not None and event.type not in self.types:
             return False
         if self.owner is not None:
@@ -186,6 +190,16 @@ class Feed(Protocol):
     def close(self) -> None: ...
 
 
+class Cursors(Protocol):
+    """Where a ``SqlFeed`` keeps its groups' committed positions."""
+
+    def load(self, group: str) -> int | None:
+        """The group's committed position; None for a group never seen."""
+
+    def save(self, group: str, position: int, actor: str = "") -> None:
+        """Stores the group's committed position (never moving it backwards)."""
+
+
 class SqlCursors:
     """One committed position per group, in a table beside the SQL log."""
 
@@ -237,12 +251,13 @@ def define_cursors_table(metadata: sa.MetaData) -> sa.Table:
 
 
 class SqlFeed:
-    """A subscription's feed over the SQL log, with its cursor in ``subscription_cursors``."""
+    """A subscription's feed over the SQL log, with its cursor in ``cursors``
+    (``subscription_cursors`` for a subscription)."""
 
     def __init__(
         self,
         log: SqlLog,
-        cursors: SqlCursors,
+        cursors: Cursors,
         group: str,
         where: LogFilter,
         *,
@@ -334,6 +349,8 @@ class Subscription:
         self._feed = feed
         self._pending: deque[Event] = deque()
         self._closed = threading.Event()
+        self.fetched = 0
+        """How many events the feed has given so far, those the filter passed over included."""
 
     def __iter__(self) -> Iterator[Event]:
         while True:
@@ -359,7 +376,9 @@ class Subscription:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             if polled and remaining == 0.0:
                 return None
-            self._pending.extend(self._feed.poll(remaining, self._closed))
+            events = self._feed.poll(remaining, self._closed)
+            self._pending.extend(events)
+            self.fetched += len(events)
             polled = True
         return None
 

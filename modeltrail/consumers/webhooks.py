@@ -61,13 +61,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from modeltrail.consumers.subscriptions import EventFilter, Subscription, event_document
+from modeltrail.consumers.subscriptions import EventFilter, SqlFeed, Subscription, event_document
 from modeltrail.core import commands as cmd
 from modeltrail.core.batch import Batch
 from modeltrail.core.db import Database
 from modeltrail.core.events.envelope import Event, to_datetime
 from modeltrail.core.events.kafka_log import offset_of, position_of
-from modeltrail.core.events.log import LogFilter
 from modeltrail.core.events.sql_log import SqlLog
 from modeltrail.core.projections.state import read_all
 from modeltrail.core.projections.webhooks import (
@@ -178,7 +177,7 @@ class Webhook:
         if self.owner is not None:
             namespace, _, name = self.owner.partition("/")
             owner = (namespace, name)
-        return EventFilter(frozenset(self.types) or None, owner, self.alias)
+        return EventFilter(frozenset(self.types) or None, owner, self.alias, WEBHOOK_TYPES)
 
     @classmethod
     def from_row(cls, row: WebhookRow) -> Webhook:
@@ -378,12 +377,29 @@ class Backoff:
 
 @dataclass
 class _Progress:
-    scanned: int = 0
     due_at: float = 0.0
     subscription: Subscription | None = None
-    """Kafka: the webhook's consumer group."""
+    """The webhook's events: a feed from ``done_through`` on the SQL log, its consumer
+    group on Kafka."""
     event: Event | None = None
-    """Kafka: the event being sent (handed out by the group, not committed yet)."""
+    """The event being sent (handed out, not yet recorded)."""
+
+
+class _DoneThrough:
+    """A webhook's cursor on the SQL log: its place is the ``done_through`` of its row in
+    the ``webhooks`` projection, which its delivery records move, so a save stores nothing
+    (the ``WebhookDelivered`` or ``WebhookFailed`` event was the commit)."""
+
+    def __init__(self, registry: Registry, webhook_id: str) -> None:
+        self.registry = registry
+        self.webhook_id = webhook_id
+
+    def load(self, group: str) -> int:
+        row: WebhookRow | None = self.registry._read.get(WEBHOOKS, self.webhook_id)
+        return 0 if row is None else row.done_through
+
+    def save(self, group: str, position: int, actor: str = "") -> None:
+        pass
 
 
 class WebhookSender:
@@ -410,20 +426,15 @@ class WebhookSender:
         self.timeout_s = timeout_s
         self.poll_s = poll_s
         self.wall_clock = wall_clock
-        engine = registry._require_engine()
-        self.log: SqlLog | None = None
-        self.kafka: KafkaEngine | None = None
-        if isinstance(engine.log, SqlLog):
-            self.log = engine.log
-        else:
+        self.engine = registry._require_engine()
+        if not isinstance(self.engine.log, SqlLog):
             from modeltrail.core.kafka_engine import KafkaEngine
 
-            if not isinstance(engine, KafkaEngine):
+            if not isinstance(self.engine, KafkaEngine):
                 raise InvalidInput(
                     "the webhook sender follows a SQL or Kafka log; this registry's log is "
-                    f"{type(engine.log).__name__}"
+                    f"{type(self.engine.log).__name__}"
                 )
-            self.kafka = engine
         self._progress: dict[str, _Progress] = {}
 
     def run(
@@ -455,22 +466,25 @@ class WebhookSender:
             self._leave(progress)
 
     def step(self) -> bool:
-        """One attempt for each webhook that has an event due; True when any was made."""
-        attempted = False
+        """One attempt for each webhook that has an event due; True when any was made, or
+        when a webhook read on through events it is not sent (more may follow at once)."""
+        busy = False
         active = self._active()
         ids = {hook.webhook_id for hook in active}
-        for webhook_id, progress in self._progress.items():
-            if webhook_id not in ids:
-                self._leave(progress)
+        for webhook_id in [w for w in self._progress if w not in ids]:
+            self._leave(self._progress.pop(webhook_id))
         for hook in active:
             progress = self._progress.setdefault(hook.webhook_id, _Progress())
             if time.monotonic() < progress.due_at:
                 continue
+            fetched = 0 if progress.subscription is None else progress.subscription.fetched
             event = self._next_event(hook, progress)
             if event is not None:
                 self._attempt(hook, event, progress)
-                attempted = True
-        return attempted
+                busy = True
+            elif progress.subscription is not None and progress.subscription.fetched > fetched:
+                busy = True
+        return busy
 
     def pending_retries(self) -> bool:
         now = time.monotonic()
@@ -485,33 +499,27 @@ class WebhookSender:
         return [r for r in read_all(self.registry._read.query, WEBHOOKS) if r.active]
 
     def _next_event(self, hook: WebhookRow, progress: _Progress) -> Event | None:
-        if self.kafka is not None:
-            return self._next_kafka_event(hook, progress)
-        assert self.log is not None
-        where = _filter_of(hook)
-        after = max(hook.done_through, progress.scanned)
-        for event in self.log.read(after=after, where=LogFilter(types=where.types)):
-            if event.type not in WEBHOOK_TYPES and where.matches(event):
-                return event
-            progress.scanned = event.position
-        return None
-
-    def _next_kafka_event(self, hook: WebhookRow, progress: _Progress) -> Event | None:
         if progress.event is None:
             if progress.subscription is None:
                 progress.subscription = self._subscribe(hook)
-            while (event := progress.subscription.poll(0)) is not None:
-                if event.type not in WEBHOOK_TYPES:
-                    progress.event = event
-                    break
+            progress.event = progress.subscription.poll(0)
         return progress.event
 
     def _subscribe(self, hook: WebhookRow) -> Subscription:
-        """The webhook's consumer group, starting at its registration's moment."""
+        """The webhook's events: on the SQL log from its ``done_through``, on Kafka its
+        consumer group, starting at its registration's moment."""
+        where = _filter_of(hook)
+        group = f"webhook-{hook.webhook_id}"
+        if isinstance(self.engine.log, SqlLog):
+            cursor = _DoneThrough(self.registry, hook.webhook_id)
+            return Subscription(
+                group, SqlFeed(self.engine.log, cursor, group, where.log_filter), where
+            )
         from modeltrail.consumers.kafka_feed import KafkaFeed
+        from modeltrail.core.kafka_engine import KafkaEngine
 
-        engine = self.kafka
-        assert engine is not None
+        engine = self.engine
+        assert isinstance(engine, KafkaEngine)
         added = engine.database.reader().one(
             "SELECT partition, appended_at FROM log_events WHERE stream = ? "
             "AND stream_version = 0 AND status = 'accepted'",
@@ -523,14 +531,13 @@ class WebhookSender:
                 "mirror of the log: the projection is damaged; rebuild it"
             )
         self._await_projection(engine, str(added[0]))
-        where = _filter_of(hook)
         feed = KafkaFeed(
             engine,
             f"{engine.kafka.prefix}.webhook.{hook.webhook_id}",
             where.log_filter,
             start=int(added[1]),
         )
-        return Subscription(f"webhook-{hook.webhook_id}", feed, where)
+        return Subscription(group, feed, where)
 
     @staticmethod
     def _await_projection(engine: KafkaEngine, partition: str) -> None:
@@ -556,19 +563,20 @@ class WebhookSender:
             progress.subscription.close()
         progress.subscription = progress.event = None
 
-    def _passed(self, progress: _Progress, event: Event) -> None:
-        """The sender is done with ``event``: sent, given up on, or recorded already."""
-        progress.scanned, progress.due_at = event.position, 0.0
+    def _passed(self, progress: _Progress) -> None:
+        """The sender is done with the event in hand: sent, given up on, or recorded
+        already."""
+        progress.event, progress.due_at = None, 0.0
         if progress.subscription is not None:
-            progress.event = None
-            # a refused commit (its partition moved): it comes again, its record keeps it unsent
+            # Kafka: a refused commit (its partition moved) hands the event out again, and
+            # its delivery record keeps it unsent
             with contextlib.suppress(ConcurrencyConflict):
                 progress.subscription.commit()
 
     def _attempt(self, hook: WebhookRow, event: Event, progress: _Progress) -> None:
         event_id = str(event.event_id)
         if self.registry._read.get(WEBHOOK_DELIVERIES, hook.webhook_id, event_id) is not None:
-            self._passed(progress, event)  # recorded already (by another sender, or before)
+            self._passed(progress)  # recorded already (by another sender, or before)
             return
         attempt = hook.retry_attempts + 1 if hook.retry_event_id == event_id else 1
         body = body_of(event)
@@ -590,7 +598,7 @@ class WebhookSender:
                     "attempts": attempt,
                 },
             )
-            self._passed(progress, event)
+            self._passed(progress)
             return
         gone = answer.status == 410
         gave_up = gone or attempt >= self.max_attempts
@@ -613,7 +621,7 @@ class WebhookSender:
         if gone:
             _write_removal(self.registry, hook, "the endpoint answered 410 Gone")
         if retry_in is None:
-            self._passed(progress, event)
+            self._passed(progress)
         else:
             progress.due_at = time.monotonic() + retry_in
 
@@ -634,11 +642,8 @@ class WebhookSender:
 
 
 def _filter_of(hook: WebhookRow) -> EventFilter:
-    return EventFilter(
-        None if hook.types == "[]" else frozenset(json.loads(hook.types)),
-        None if hook.owner is None else (str(hook.owner_namespace), hook.owner),
-        hook.alias,
-    )
+    """Which events a webhook is sent: its filter, and never an event about webhooks."""
+    return Webhook.from_row(hook).filter
 
 
 def _retry_after(answer: Answer) -> float | None:
