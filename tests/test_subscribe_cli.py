@@ -166,7 +166,10 @@ def test_a_second_signal_terminates_the_command_which_then_comes_again(
         registry.set_alias("m:v0", "production")
         _wait_for(started)
         process.send_signal(signal.SIGINT)
-        time.sleep(0.2)
+        assert process.stderr is not None
+        # The second signal only once the first was handled (two at once may coalesce).
+        while "stopping:" not in (line := process.stderr.readline()):
+            assert line, "the first signal never stopped the consumer"
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=WAIT)
     finally:

@@ -128,6 +128,8 @@ class ExecConsumer:
         self._stops += 1
         self._stop.set()
         child = self._child
+        if self._stops == 1:
+            self.log("stopping: a running command may finish (a second signal terminates it)")
         if self._stops > 1 and child is not None and child.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGTERM)  # the shell and what it started
