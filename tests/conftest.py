@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh embedded registry per test, a clock tests can move."""
+"""Shared fixtures: a fresh embedded registry per test, a clock tests can move, a team
+over Kafka, a webhook endpoint. (Shared helpers are in tests/helpers.py.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import modeltrail as mt
+from tests.helpers import Endpoint, Team, serve_endpoint
 
 pytest_plugins = ["tests.services"]
 
@@ -41,3 +43,23 @@ def reg(home: Path, clock: ManualClock) -> Iterator[mt.Registry]:
     registry = mt.open(home, actor="alice", namespace="team", clock=clock)
     yield registry
     registry.close()
+
+
+@pytest.fixture
+def team(
+    kafka_bootstrap: str, kafka_prefix: str, pg_database: str, tmp_path: Path
+) -> Iterator[Team]:
+    """Registries over a real Kafka broker and PostgreSQL; no projector runs until
+    ``team.start_projector()``."""
+    made = Team(kafka_bootstrap, kafka_prefix, pg_database, tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    """A real HTTP server on 127.0.0.1 that records the webhooks POSTed to it."""
+    with serve_endpoint() as served:
+        yield served

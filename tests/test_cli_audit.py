@@ -10,21 +10,14 @@ import struct
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 import modeltrail as mt
-from modeltrail.cli import main
 from modeltrail.core import commands as cmd
 from modeltrail.core.batch import Batch
 from tests.conftest import ManualClock
+from tests.helpers import cli as _cli
 
 HOUR = 3600.0
-
-
-def _cli(home: Path, *args: str, actor: str = "alice") -> Result:
-    return CliRunner().invoke(
-        main, ["--home", str(home), "--actor", actor, "-n", "team", *args], catch_exceptions=False
-    )
 
 
 @pytest.fixture

@@ -10,17 +10,16 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 import modeltrail as mt
 from modeltrail.cli import main
-from modeltrail.consumers.projector import Projector
 from modeltrail.core import commands as cmd
 from modeltrail.core.db import Database
 from modeltrail.core.engine import Engine
@@ -49,96 +48,7 @@ from modeltrail.errors import (
     QuotaExceeded,
     ReadOnly,
 )
-
-T = TypeVar("T")
-
-
-class Team:
-    """Registries of several actors over one Kafka log and one projection database,
-    and a projector worker that can be started and stopped."""
-
-    def __init__(self, bootstrap: str, prefix: str, db: str, home: Path) -> None:
-        self.bootstrap, self.prefix, self.db, self.home = bootstrap, prefix, db, home
-        self.opened: list[mt.Registry] = []
-        self._projector: Projector | None = None
-        self._worker: threading.Thread | None = None
-        self._engine: KafkaEngine | None = None
-
-    def open(self, actor: str = "alice") -> mt.Registry:
-        registry = mt.open(
-            self.home / actor,
-            kafka=self.bootstrap,
-            kafka_prefix=self.prefix,
-            db=self.db,
-            actor=actor,
-            namespace="team",
-        )
-        self.opened.append(registry)
-        return registry
-
-    def cli_options(self) -> list[str]:
-        return [
-            *("--kafka", self.bootstrap, "--kafka-prefix", self.prefix, "--db", self.db),
-            *("--home", str(self.home / "cli")),
-        ]
-
-    def kafka(self) -> KafkaLog:
-        return KafkaLog(self.bootstrap, prefix=self.prefix)
-
-    def engine(self, db: str | None = None) -> KafkaEngine:
-        return open_kafka_engine(Database(db or self.db), self.bootstrap, prefix=self.prefix)
-
-    def start_projector(self) -> None:
-        self._engine = self.engine()
-        self._projector = Projector(self._engine, group=f"{self.prefix}projector")
-        self._worker = threading.Thread(target=self._projector.run, daemon=True)
-        self._worker.start()
-
-    def stop_projector(self) -> None:
-        if self._projector is not None and self._worker is not None and self._engine:
-            self._projector.stop()
-            self._worker.join(timeout=30)
-            self._engine.close()
-        self._projector = self._worker = self._engine = None
-
-    def close(self) -> None:
-        self.stop_projector()
-        for registry in self.opened:
-            registry.close()
-
-
-@pytest.fixture
-def team(
-    kafka_bootstrap: str, kafka_prefix: str, pg_database: str, tmp_path: Path
-) -> Iterator[Team]:
-    made = Team(kafka_bootstrap, kafka_prefix, pg_database, tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-def _in_thread(action: Callable[[], T]) -> tuple[threading.Thread, list[Any]]:
-    """Runs ``action`` in a thread; the list receives its result or its exception."""
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcome.append(action())
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
-
-
-def _wait_for_records(kafka: KafkaLog, partition: str, count: int) -> None:
-    deadline = time.monotonic() + 60
-    while kafka.end_offsets([partition])[partition] < count:
-        assert time.monotonic() < deadline, f"{partition} never held {count} records"
-        time.sleep(0.02)
-
+from tests.helpers import Team, in_thread, wait_for_records
 
 # -- commands and reads -----------------------------------------------------------------
 
@@ -179,10 +89,10 @@ def test_a_refusal_the_projector_records_comes_back_as_its_typed_error(team: Tea
     before = kafka.end_offsets([partition])[partition]
     team.stop_projector()
     # both decide on a namespace with no model; the projector then applies them in log order
-    first, first_outcome = _in_thread(lambda: alice.create_model("a"))
-    _wait_for_records(kafka, partition, before + 1)
-    second, second_outcome = _in_thread(lambda: bob.create_model("b"))
-    _wait_for_records(kafka, partition, before + 2)
+    first, first_outcome = in_thread(lambda: alice.create_model("a"))
+    wait_for_records(kafka, partition, before + 1)
+    second, second_outcome = in_thread(lambda: bob.create_model("b"))
+    wait_for_records(kafka, partition, before + 2)
     team.start_projector()
     first.join(timeout=60)
     second.join(timeout=60)
@@ -202,9 +112,9 @@ def test_two_writers_racing_to_move_one_alias_exactly_one_wins(team: Team) -> No
     kafka = team.kafka()
     before = kafka.end_offsets([partition])[partition]
     team.stop_projector()  # both writers now decide on production -> v0
-    a, a_outcome = _in_thread(lambda: alice.set_alias("m:v1", "production"))
-    b, b_outcome = _in_thread(lambda: bob.set_alias("m:v2", "production"))
-    _wait_for_records(kafka, partition, before + 2)
+    a, a_outcome = in_thread(lambda: alice.set_alias("m:v1", "production"))
+    b, b_outcome = in_thread(lambda: bob.set_alias("m:v2", "production"))
+    wait_for_records(kafka, partition, before + 2)
     team.start_projector()
     a.join(timeout=60)
     b.join(timeout=60)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -25,22 +25,14 @@ from modeltrail.consumers.kafka_feed import KafkaFeed, subscription_group_id
 from modeltrail.consumers.subscriptions import Subscription
 from modeltrail.consumers.webhooks import Backoff, Webhooks, WebhookSender
 from modeltrail.core.events.envelope import Event
-from modeltrail.core.events.kafka_log import KafkaLog, offset_of
+from modeltrail.core.events.kafka_log import offset_of
 from modeltrail.errors import ConcurrencyConflict, QuotaExceeded
-from tests.test_kafka_registry import Team
-from tests.test_subscriptions import _take as take
-from tests.test_webhooks import Endpoint, endpoint, verify
+from tests.helpers import Endpoint, Team, close_ends_a_blocked_poll, drain, verify
+from tests.helpers import in_thread as _in_thread
+from tests.helpers import take as _take
+from tests.helpers import wait_for_records as _wait_for_records
 
-__all__ = ["endpoint"]  # the real HTTP server fixture, shared with the SQL webhook tests
-
-T = TypeVar("T")
 WAIT = 30.0
-
-
-def _take(sub: Subscription, count: int) -> list[Event]:
-    return take(sub, count, WAIT)
-
-
 """The longest a test waits for something that should happen."""
 QUIET = 1.0
 """How long a joined member polls to show that nothing more comes."""
@@ -48,48 +40,19 @@ FAST = Backoff(base_s=0.01, factor=2.0, max_s=0.05, jitter=0.0)
 
 
 @pytest.fixture
-def team(
-    kafka_bootstrap: str, kafka_prefix: str, pg_database: str, tmp_path: Path
-) -> Iterator[Team]:
-    made = Team(kafka_bootstrap, kafka_prefix, pg_database, tmp_path)
-    made.start_projector()
-    try:
-        yield made
-    finally:
-        made.close()
+def team(team: Team) -> Team:
+    """The shared team (conftest.py), its projector running."""
+    team.start_projector()
+    return team
 
 
 def _rest(sub: Subscription) -> list[Event]:
     """Whatever else comes (the member has joined: its first events came already)."""
-    found: list[Event] = []
-    while (event := sub.poll(QUIET)) is not None:
-        found.append(event)
-    return found
+    return drain(sub, QUIET)
 
 
 def _aliases(events: list[Event]) -> list[tuple[str, int]]:
     return [(e.data["alias"], e.data["to_index"]) for e in events]
-
-
-def _in_thread(action: Callable[[], T]) -> tuple[threading.Thread, list[Any]]:
-    outcome: list[Any] = []
-
-    def run() -> None:
-        try:
-            outcome.append(action())
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
-
-
-def _wait_for_records(kafka: KafkaLog, partition: str, count: int) -> None:
-    deadline = time.monotonic() + WAIT
-    while kafka.end_offsets([partition])[partition] < count:
-        assert time.monotonic() < deadline, f"{partition} never held {count} records"
-        time.sleep(0.02)
 
 
 def _committed(team: Team, group: str, partition: str) -> Any:
@@ -266,14 +229,7 @@ def test_rewind_and_close_from_another_thread(team: Team) -> None:
     seen = _take(sub, 2)
     sub.rewind()
     assert [e.event_id for e in _take(sub, 2)] == [e.event_id for e in seen]
-    result: list[Event | None] = []
-    waiter = threading.Thread(target=lambda: result.append(sub.poll(None)))
-    waiter.start()
-    time.sleep(0.2)
-    sub.close()
-    waiter.join(WAIT)
-    assert not waiter.is_alive()
-    assert result == [None]
+    close_ends_a_blocked_poll(sub, WAIT)
 
 
 def test_members_of_one_group_share_its_partitions(team: Team) -> None:

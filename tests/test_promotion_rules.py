@@ -16,11 +16,7 @@ from modeltrail.errors import (
     PromotionRefused,
 )
 from tests.conftest import ManualClock
-
-
-def _versions(reg: mt.Registry, model: str, n: int) -> None:
-    for i in range(n):
-        reg.log_version(model, {"w": f"{model}-{i}".encode()})
+from tests.helpers import log_versions
 
 
 def _refusals(reg: mt.Registry) -> list[dict[str, object]]:
@@ -28,7 +24,7 @@ def _refusals(reg: mt.Registry) -> list[dict[str, object]]:
 
 
 def test_a_later_stage_needs_a_version_that_held_the_stage_before(reg: mt.Registry) -> None:
-    _versions(reg, "m", 2)
+    log_versions(reg, "m", 2)
     rules = reg.set_promotion_rules("m", stages=["staging", "production"])
     assert rules.stages == ("staging", "production")
     reg.set_alias("m:v0", "staging")
@@ -46,7 +42,7 @@ def test_a_later_stage_needs_a_version_that_held_the_stage_before(reg: mt.Regist
 
 
 def test_an_out_of_order_promotion_is_in_the_audit_trail(reg: mt.Registry) -> None:
-    _versions(reg, "m", 1)
+    log_versions(reg, "m", 1)
     reg.set_promotion_rules("m", stages=["staging", "production"])
     head = reg.head()
     with pytest.raises(PromotionRefused):
@@ -64,7 +60,7 @@ def test_an_out_of_order_promotion_is_in_the_audit_trail(reg: mt.Registry) -> No
 
 
 def test_a_version_logged_straight_into_a_later_stage_is_refused(reg: mt.Registry) -> None:
-    _versions(reg, "m", 1)
+    log_versions(reg, "m", 1)
     reg.set_promotion_rules("m", stages=["staging", "production"])
     with pytest.raises(PromotionRefused, match="rule: stages in order"):
         reg.log_version("m", {"w": b"new"}, aliases=["production"])
@@ -73,7 +69,7 @@ def test_a_version_logged_straight_into_a_later_stage_is_refused(reg: mt.Registr
 
 
 def test_a_protected_alias_moves_only_with_force(reg: mt.Registry) -> None:
-    _versions(reg, "m", 3)
+    log_versions(reg, "m", 3)
     reg.set_promotion_rules("m", protected=["production"])
     reg.set_alias("m:v0", "production")  # setting it the first time moves nothing
 
@@ -96,14 +92,14 @@ def test_a_protected_alias_moves_only_with_force(reg: mt.Registry) -> None:
 
 
 def test_force_on_an_unprotected_alias_leaves_no_override(reg: mt.Registry) -> None:
-    _versions(reg, "m", 2)
+    log_versions(reg, "m", 2)
     reg.set_alias("m:v0", "staging", force=True)
     reg.set_alias("m:v1", "staging", force=True)
     assert reg.audit(types=["ProtectionOverridden"]) == []
 
 
 def test_removing_a_protected_alias_needs_force_too(reg: mt.Registry) -> None:
-    _versions(reg, "m", 1)
+    log_versions(reg, "m", 1)
     reg.set_alias("m:v0", "production")
     reg.set_promotion_rules("m", protected=["production"])
     with pytest.raises(PromotionRefused, match="its removal needs force"):
@@ -114,7 +110,7 @@ def test_removing_a_protected_alias_needs_force_too(reg: mt.Registry) -> None:
 
 
 def test_rules_of_a_registered_model_judge_its_own_aliases(reg: mt.Registry) -> None:
-    _versions(reg, "m", 2)
+    log_versions(reg, "m", 2)
     reg.link("m:v0", "classifier", aliases=["staging"])
     reg.link("m:v1", "classifier")
     reg.set_promotion_rules(
@@ -130,7 +126,7 @@ def test_rules_of_a_registered_model_judge_its_own_aliases(reg: mt.Registry) -> 
 
 
 def test_versions_that_held_a_stage_before_the_rules_existed_qualify(reg: mt.Registry) -> None:
-    _versions(reg, "m", 2)
+    log_versions(reg, "m", 2)
     reg.set_alias("m:v1", "staging")
     reg.set_alias("m:v0", "staging")
     reg.set_promotion_rules("m", stages=["staging", "production"])
@@ -141,7 +137,7 @@ def test_versions_that_held_a_stage_before_the_rules_existed_qualify(reg: mt.Reg
 def test_the_fold_enforces_the_rules_whatever_a_command_decides(reg: mt.Registry) -> None:
     """An AliasMoved emitted without going through set_alias is refused all the same, so
     the rule holds in log order for every writer."""
-    _versions(reg, "m", 1)
+    log_versions(reg, "m", 1)
     reg.set_promotion_rules("m", stages=["staging", "production"])
     engine = reg._require_engine()
 
@@ -165,7 +161,7 @@ def test_the_fold_enforces_the_rules_whatever_a_command_decides(reg: mt.Registry
 
 
 def test_rules_survive_a_rebuild_and_replay_to_the_same_state(reg: mt.Registry) -> None:
-    _versions(reg, "m", 2)
+    log_versions(reg, "m", 2)
     reg.set_promotion_rules("m", stages=["staging", "production"], protected=["production"])
     reg.set_alias("m:v0", "staging")
     reg.set_alias("m:v0", "production")
@@ -185,7 +181,7 @@ def test_another_writer_sees_rules_set_after_it_opened(home: Path, clock: Manual
     first = mt.open(home, actor="alice", namespace="team", clock=clock)
     second = mt.open(home, actor="bob", namespace="team", clock=clock)
     try:
-        _versions(first, "m", 1)
+        log_versions(first, "m", 1)
         first.set_promotion_rules("m", stages=["staging", "production"])
         with pytest.raises(PromotionRefused):
             second.set_alias("m:v0", "production")
@@ -197,7 +193,7 @@ def test_another_writer_sees_rules_set_after_it_opened(home: Path, clock: Manual
 
 
 def test_bad_rules_are_refused_naming_the_rule(reg: mt.Registry) -> None:
-    _versions(reg, "m", 1)
+    log_versions(reg, "m", 1)
     with pytest.raises(InvalidName, match="reserved"):
         reg.set_promotion_rules("m", stages=["latest", "production"])
     with pytest.raises(InvalidInput, match="name an alias twice"):
@@ -210,7 +206,7 @@ def test_bad_rules_are_refused_naming_the_rule(reg: mt.Registry) -> None:
 
 
 def test_empty_rules_lift_them(reg: mt.Registry) -> None:
-    _versions(reg, "m", 2)
+    log_versions(reg, "m", 2)
     reg.set_promotion_rules("m", stages=["staging", "production"], protected=["production"])
     reg.set_promotion_rules("m")
     assert reg.promotion_rules("m").stages == ()

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 import modeltrail as mt
 from modeltrail.cli import consumers as cli_consumers
-from modeltrail.cli import main
 from modeltrail.consumers.subscriptions import SqlCursors
 from tests.conftest import ManualClock
+from tests.helpers import cli
 
 WAIT = 30.0
 
@@ -31,11 +31,7 @@ def registry(home: Path, clock: ManualClock) -> mt.Registry:
 
 
 def _subscribe(home: Path, *args: str) -> Result:
-    return CliRunner().invoke(
-        main,
-        ["--home", str(home), "--actor", "alice", "-n", "team", "subscribe", *args],
-        catch_exceptions=False,
-    )
+    return cli(home, "subscribe", *args)
 
 
 def _lines(path: Path) -> list[str]:

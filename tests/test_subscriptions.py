@@ -4,7 +4,6 @@ commit, at-least-once; the SQL cursor's own rules at the end."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,11 +11,13 @@ import pytest
 
 import modeltrail as mt
 from modeltrail.consumers.execute import ExecConsumer
-from modeltrail.consumers.subscriptions import Subscription
 from modeltrail.core.events.envelope import Event
 from modeltrail.errors import InvalidInput, InvalidName, ReadOnly
 from tests.conftest import ManualClock
-from tests.test_kafka_registry import Team
+from tests.helpers import Team, close_ends_a_blocked_poll
+from tests.helpers import drain as _drain
+from tests.helpers import log_versions as _versions
+from tests.helpers import take as _take
 
 WAIT = 10.0  # the longest any test waits for an event that should come
 
@@ -49,30 +50,8 @@ def _quiet(reg: mt.Registry) -> float:
     return 0.05 if reg.settings.kafka is None else 0.5
 
 
-def _versions(reg: mt.Registry, model: str, n: int) -> None:
-    for i in range(n):
-        reg.log_version(model, {"w": f"{model}-{i}".encode()})
-
-
 def _moves(events: list[Event]) -> list[tuple[str, str, int]]:
     return [(e.data["owner"], e.data["alias"], e.data["to_index"]) for e in events]
-
-
-def _take(sub: Subscription, count: int, wait: float = WAIT) -> list[Event]:
-    """The next ``count`` events, each waited for up to ``wait`` seconds."""
-    found: list[Event] = []
-    for _ in range(count):
-        event = sub.poll(wait)
-        assert event is not None, f"only {len(found)} of {count} events came"
-        found.append(event)
-    return found
-
-
-def _drain(sub: Subscription, timeout: float = 0.05) -> list[Event]:
-    found = []
-    while (event := sub.poll(timeout)) is not None:
-        found.append(event)
-    return found
 
 
 def test_a_restarted_group_resumes_right_after_its_last_commit(any_reg: mt.Registry) -> None:
@@ -230,15 +209,7 @@ def test_iteration_stops_after_its_timeout_and_close_ends_a_blocked_poll(
     sub = reg.subscribe("idle", timeout=_quiet(reg))
     assert list(sub) == []
     sub.close()
-    blocked = reg.subscribe("blocked")
-    result: list[Event | None] = []
-    waiter = threading.Thread(target=lambda: result.append(blocked.poll(None)))
-    waiter.start()
-    time.sleep(0.05)
-    blocked.close()
-    waiter.join(WAIT)
-    assert not waiter.is_alive()
-    assert result == [None]
+    close_ends_a_blocked_poll(reg.subscribe("blocked"))
 
 
 def test_a_new_group_from_latest_skips_history_but_keeps_its_place(any_reg: mt.Registry) -> None:

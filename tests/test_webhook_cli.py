@@ -3,58 +3,24 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
-import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 import modeltrail as mt
 from modeltrail.cli import main
 from tests.conftest import ManualClock
-from tests.test_webhooks import verify
-
-
-def _cli(home: Path, *args: str) -> Result:
-    return CliRunner().invoke(
-        main, ["--home", str(home), "--actor", "alice", "-n", "team", *args], catch_exceptions=False
-    )
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
-    received: list[tuple[dict[str, str], bytes]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["content-length"]))
-            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+from tests.helpers import Endpoint, verify
+from tests.helpers import cli as _cli
 
 
 def test_webhook_add_run_deliveries_and_rm(
     home: Path,
     clock: ManualClock,
-    receiver: tuple[str, list[tuple[dict[str, str], bytes]]],
+    endpoint: Endpoint,
 ) -> None:
-    url, received = receiver
+    url = endpoint.url
+    endpoint.statuses = [204]
     with mt.open(home, actor="alice", namespace="team", clock=clock) as reg:
         reg.log_version("m", {"w": b"0"})
     added = _cli(home, "webhook", "add", url, "--alias", "production", "--model", "m", "--json")
@@ -66,8 +32,8 @@ def test_webhook_add_run_deliveries_and_rm(
     assert _cli(home, "alias", "set", "m:v0", "production").exit_code == 0
     ran = _cli(home, "webhook", "run", "--idle-timeout", "0.2")
     assert ran.exit_code == 0, ran.output
-    [(headers, body)] = received
-    assert verify(secret, headers, body)["data"]["data"]["alias"] == "production"
+    [received] = endpoint.received
+    assert verify(secret, received.headers, received.body)["data"]["data"]["alias"] == "production"
 
     listed = json.loads(_cli(home, "webhook", "list", "--json").output)
     assert [(h["webhook_id"], h["delivered"], h["owner"]) for h in listed] == [
