@@ -26,7 +26,8 @@ from modeltrail.consumers.webhooks import (
     secret_key,
     sign,
 )
-from modeltrail.errors import InvalidInput, InvalidName, NotFound
+from modeltrail.core.events.kafka_log import position_of
+from modeltrail.errors import InvalidInput, InvalidName, NotFound, ProjectionTimeout
 
 FAST = Backoff(base_s=0.01, factor=2.0, max_s=0.05, jitter=0.0)
 
@@ -326,3 +327,22 @@ def test_a_sender_reads_on_through_events_a_webhook_is_not_sent_without_pausing(
     while sender.step():  # busy while it reads on: its run loop does not wait in between
         pass
     assert [json.loads(r.body)["data"]["stream"] for r in endpoint.received] == ["model:team/m"]
+
+
+def test_a_kafka_sender_waits_with_the_engines_await_position() -> None:
+    waited: list[tuple[str, int]] = []
+
+    class Kafka:
+        def end_offsets(self, names: list[str]) -> dict[str, int]:
+            return dict.fromkeys(names, 3)
+
+    class Engine:
+        kafka = Kafka()
+
+        def await_position(self, partition: str, position: int) -> None:
+            waited.append((partition, position))
+            raise ProjectionTimeout("it is at offset 1")
+
+    with pytest.raises(ProjectionTimeout, match=r"sender waits .*: it is at offset 1"):
+        WebhookSender._await_projection(Engine(), "registry-0")  # type: ignore[arg-type]
+    assert waited == [("registry-0", position_of(2, 0))]  # the partition's last record

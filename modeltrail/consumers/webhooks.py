@@ -66,7 +66,7 @@ from modeltrail.core import commands as cmd
 from modeltrail.core.batch import Batch
 from modeltrail.core.db import Database
 from modeltrail.core.events.envelope import Event, to_datetime
-from modeltrail.core.events.kafka_log import offset_of, position_of
+from modeltrail.core.events.kafka_log import position_of
 from modeltrail.core.events.sql_log import SqlLog
 from modeltrail.core.projections.state import read_all
 from modeltrail.core.projections.webhooks import (
@@ -546,17 +546,13 @@ class WebhookSender:
         end = engine.kafka.end_offsets([partition])[partition]
         if end == 0:
             return
-        wanted = position_of(end - 1, 0)
-        deadline = time.monotonic() + engine.wait_s
-        while (reached := engine.log.checkpoints().get(partition, 0)) < wanted:
-            if time.monotonic() > deadline:
-                raise ProjectionTimeout(
-                    f"the projection in {engine.database.url!r} has not applied {partition} up "
-                    f"to offset {end - 1} after {engine.wait_s:g}s (it is at offset "
-                    f"{offset_of(reached)}): the webhook sender waits for it so as to see every "
-                    "delivery already recorded. Is a projector running?"
-                )
-            time.sleep(0.01)
+        try:
+            engine.await_position(partition, position_of(end - 1, 0))
+        except ProjectionTimeout as exc:
+            raise ProjectionTimeout(
+                "the webhook sender waits for the projection to apply every delivery already "
+                f"recorded: {exc}"
+            ) from None
 
     def _leave(self, progress: _Progress) -> None:
         if progress.subscription is not None:
