@@ -24,6 +24,7 @@ from modeltrail.core.readmodel import ReadModel
 from modeltrail.errors import (
     AlreadyExists,
     ConcurrencyConflict,
+    InvalidInput,
     ProjectionTimeout,
     QuotaExceeded,
 )
@@ -195,3 +196,25 @@ def test_a_projector_transaction_reads_back_what_it_flushed(kafka_engine: KafkaE
         state.put(CHECKPOINTS, CheckpointRow(kafka_engine.runner.name, "registry-0", 7))
         state.flush()
         assert kafka_engine.runner.checkpoint(state, "registry-0") == 7
+
+
+def test_opening_a_prepared_projection_again_writes_nothing(kafka_engine: KafkaEngine) -> None:
+    again = KafkaEngine(kafka_engine.database, kafka_engine.kafka)
+
+    def no_write() -> None:
+        raise AssertionError("the projection's shape is stored already: nothing to write")
+
+    again.database = Database(kafka_engine.database.url)
+    again.database.transaction = no_write  # type: ignore[method-assign,assignment]
+    again.prepare()
+    again.database.dispose()
+
+
+def test_a_projection_database_serves_one_log_of_one_kind(kafka_engine: KafkaEngine) -> None:
+    url = kafka_engine.database.url
+    with pytest.raises(InvalidInput, match="holds the projection of a Kafka log"):
+        Engine(Database(url)).prepare()
+    other = KafkaEngine(Database(url), KafkaLog("127.0.0.1:9", prefix="other", timeout_s=0.5))
+    with pytest.raises(InvalidInput, match="prefix 'core', not 'other'"):
+        other.prepare()
+    other.database.dispose()

@@ -21,14 +21,12 @@ from modeltrail.core.events.log import EventLog
 from modeltrail.core.events.seal import Sealer
 from modeltrail.core.events.sql_log import SqlLog, define_log_table
 from modeltrail.core.projections.catalog import default_projections
-from modeltrail.core.projections.ddl import define_tables, schema_fingerprint
+from modeltrail.core.projections.ddl import ensure_projection_schema, schema_fingerprint
 from modeltrail.core.projections.fold import Folder, Projection
-from modeltrail.core.projections.runner import Progress, Runner
+from modeltrail.core.projections.runner import Progress, Runner, diff_tables
 from modeltrail.core.projections.state import MemoryState, Overlay, SqlRows, SqlState, read_all
-from modeltrail.errors import InvalidInput
 
 T = TypeVar("T")
-META_TABLE = "modeltrail_meta"
 
 
 class RegistryEngine(Protocol):
@@ -108,10 +106,24 @@ class Engine:
 
     def prepare(self) -> None:
         """Creates missing tables; rebuilds the projections when their shape changed."""
-        if self._stored_fingerprint() == self.fingerprint:
-            return
-        with self.database.transaction() as tx:
-            self._create_schema(tx)
+
+        def rebuild(tx: Tx, recreated: bool) -> None:
+            if recreated or self.log.head(tx) > 0:
+                self.runner.rebuild(tx, self.log)
+
+        ensure_projection_schema(
+            self.database,
+            self.runner.specs,
+            key="projections",
+            value=self.fingerprint,
+            refused={
+                "kafka_projections": f"database {self.database.url!r} holds the projection "
+                "of a Kafka log: open it with kafka=… (MODELTRAIL_KAFKA), or use another "
+                "database for an embedded log"
+            },
+            define_more=define_log_table,
+            then=rebuild,
+        )
 
     def write(self, decide: Callable[[Batch], T], *, actor: str) -> tuple[T, list[Event]]:
         """Runs a command in one transaction; returns its result and the placed events."""
@@ -192,62 +204,13 @@ class Engine:
     def drift(self, query: Query, events: Sequence[Event]) -> list[str]:
         fresh = MemoryState()
         self.runner.apply_tolerant(fresh, events)
-        problems = []
-        for spec in self.runner.specs:
-            live = list(read_all(query, spec))
-            rebuilt = sorted(fresh.rows(spec), key=spec.key_of)
-            if live != rebuilt:
-                problems.append(
-                    f"projection table {spec.name} differs from a fresh fold of the log "
-                    f"({len(live)} rows live, {len(rebuilt)} rebuilt): "
-                    "run `modeltrail project --rebuild`"
-                )
-        return problems
+        return diff_tables(
+            self.runner.specs,
+            lambda spec: list(read_all(query, spec)),
+            fresh,
+            log="the log",
+            rebuild="modeltrail project --rebuild",
+        )
 
     def close(self) -> None:
         self.database.dispose()
-
-    def _stored_fingerprint(self) -> str | None:
-        if not self.database.exists():
-            return None
-        try:
-            row = self.database.reader().one(
-                f"SELECT value FROM {META_TABLE} WHERE key = 'projections'"
-            )
-        except Exception:  # no meta table yet: a new database
-            return None
-        return None if row is None else str(row[0])
-
-    def _create_schema(self, tx: Tx) -> None:
-        import sqlalchemy as sa
-
-        if tx.dialect == "postgresql":
-            tx.run("SELECT pg_advisory_xact_lock(7400192)")  # one schema creator at a time
-        metadata = sa.MetaData()
-        define_log_table(metadata)
-        sa.Table(
-            META_TABLE,
-            metadata,
-            sa.Column("key", sa.String(64), primary_key=True),
-            sa.Column("value", sa.Text, nullable=False),
-        )
-        projection_tables = define_tables(metadata, self.runner.specs)
-        metadata.create_all(tx.connection)
-        if tx.one(f"SELECT value FROM {META_TABLE} WHERE key = 'kafka_projections'"):
-            raise InvalidInput(
-                f"database {self.database.url!r} holds the projection of a Kafka log: open it "
-                "with kafka=… (MODELTRAIL_KAFKA), or use another database for an embedded log"
-            )
-        stored = tx.one(f"SELECT value FROM {META_TABLE} WHERE key = 'projections'")
-        if stored is not None and stored[0] == self.fingerprint:
-            return  # another process got here first
-        if stored is not None:
-            for table in reversed(projection_tables):
-                table.drop(tx.connection, checkfirst=True)
-            metadata.create_all(tx.connection, tables=projection_tables)
-        tx.run(f"DELETE FROM {META_TABLE} WHERE key = 'projections'")
-        tx.run(
-            f"INSERT INTO {META_TABLE} (key, value) VALUES ('projections', ?)", (self.fingerprint,)
-        )
-        if stored is not None or self.log.head(tx) > 0:
-            self.runner.rebuild(tx, self.log)

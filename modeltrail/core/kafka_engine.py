@@ -39,7 +39,7 @@ from modeltrail.core.events.codec import Codec, default_codec
 from modeltrail.core.events.envelope import Clock, Event, system_clock, to_micros
 from modeltrail.core.events.kafka_log import KafkaLog, Record, offset_of
 from modeltrail.core.projections.catalog import default_projections
-from modeltrail.core.projections.ddl import define_tables, schema_fingerprint
+from modeltrail.core.projections.ddl import ensure_projection_schema, schema_fingerprint
 from modeltrail.core.projections.fold import Folder, Projection
 from modeltrail.core.projections.records import (
     LOG_EVENTS,
@@ -49,7 +49,7 @@ from modeltrail.core.projections.records import (
     RecordRunner,
     event_from_mirror,
 )
-from modeltrail.core.projections.runner import Progress
+from modeltrail.core.projections.runner import CHUNK, Progress, diff_tables
 from modeltrail.core.projections.state import (
     Key,
     MemoryState,
@@ -71,10 +71,7 @@ from modeltrail.errors import (
 )
 
 T = TypeVar("T")
-META_TABLE = "modeltrail_meta"
 META_KEY = "kafka_projections"
-CHUNK = 5000
-"""Events per projector transaction during a catch-up or a rebuild."""
 ROWS_IN_MEMORY = 1_000_000
 """Rows a projector worker remembers between transactions before it starts afresh."""
 TABLE_IN_MEMORY = 200_000
@@ -127,44 +124,26 @@ class KafkaEngine:
         append creates the topics, or raises ``LogUnavailable`` for the spool)."""
         with contextlib.suppress(LogUnavailable):
             self.kafka.ensure_topics()
-        with self.database.transaction() as tx:
-            self._create_schema(tx)
+        prefix = self.kafka.prefix
 
-    def _create_schema(self, tx: Tx) -> None:
-        import sqlalchemy as sa
-
-        if tx.dialect == "postgresql":
-            tx.run("SELECT pg_advisory_xact_lock(7400192)")  # one schema creator at a time
-        metadata = sa.MetaData()
-        sa.Table(
-            META_TABLE,
-            metadata,
-            sa.Column("key", sa.String(64), primary_key=True),
-            sa.Column("value", sa.Text, nullable=False),
-        )
-        tables = define_tables(metadata, self.runner.specs)
-        metadata.create_all(tx.connection)
-        if tx.one(f"SELECT value FROM {META_TABLE} WHERE key = 'projections'") is not None:
-            raise InvalidInput(
-                f"database {self.database.url!r} holds an embedded registry (its own SQL log): "
-                "a Kafka projection needs a database of its own"
-            )
-        wanted = f"{self.kafka.prefix} {self.fingerprint}"
-        stored = tx.one(f"SELECT value FROM {META_TABLE} WHERE key = ?", (META_KEY,))
-        if stored is not None and stored[0] == wanted:
-            return
-        if stored is not None:
-            prefix = str(stored[0]).rsplit(" ", 1)[0]
-            if prefix != self.kafka.prefix:
+        def same_log(stored: str) -> None:
+            if stored.rsplit(" ", 1)[0] != prefix:
                 raise InvalidInput(
-                    f"database {self.database.url!r} projects the topics of prefix {prefix!r}, "
-                    f"not {self.kafka.prefix!r}: one projection database per log"
+                    f"database {self.database.url!r} projects the topics of prefix "
+                    f"{stored.rsplit(' ', 1)[0]!r}, not {prefix!r}: one projection database per log"
                 )
-            for table in reversed(tables):
-                table.drop(tx.connection, checkfirst=True)
-            metadata.create_all(tx.connection, tables=tables)
-        tx.run(f"DELETE FROM {META_TABLE} WHERE key = ?", (META_KEY,))
-        tx.run(f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?)", (META_KEY, wanted))
+
+        ensure_projection_schema(
+            self.database,
+            self.runner.specs,
+            key=META_KEY,
+            value=f"{prefix} {self.fingerprint}",
+            refused={
+                "projections": f"database {self.database.url!r} holds an embedded registry (its "
+                "own SQL log): a Kafka projection needs a database of its own"
+            },
+            check_stored=same_log,
+        )
 
     # -- commands --------------------------------------------------------------------
 
@@ -375,13 +354,8 @@ class KafkaEngine:
                 self._lock(tx, partition)
             ends = self.kafka.end_offsets(names)
             state = MemoryState()
-
-            def sink(row: LogEventRow) -> None:
-                state.put(LOG_EVENTS, row)
-
             for chunk in _chunks(self.kafka.records({p: (0, end) for p, end in ends.items()})):
-                for record in chunk:
-                    self.runner.apply_record(state, record, sink)
+                self.runner.fold_records(state, chunk)
                 if progress:
                     progress(sum(len(r.events) for r in chunk))
             write_all(tx, state, self.runner.specs)
@@ -408,25 +382,17 @@ class KafkaEngine:
         projection also holds what it rejected)."""
         with self.database.snapshot() as snapshot:
             done = self.log.checkpoints(snapshot)
-            live = {spec.name: list(read_all(snapshot, spec)) for spec in self.runner.specs}
+            live = {spec: list(read_all(snapshot, spec)) for spec in self.runner.specs}
         fresh = MemoryState()
-
-        def sink(row: LogEventRow) -> None:
-            fresh.put(LOG_EVENTS, row)
-
         ranges = {p: (0, offset_of(pos) + 1) for p, pos in done.items()}
-        for record in self.kafka.records(ranges):
-            self.runner.apply_record(fresh, record, sink)
-        problems = []
-        for spec in self.runner.specs:
-            rebuilt = sorted(fresh.rows(spec), key=spec.key_of)
-            if live[spec.name] != rebuilt:
-                problems.append(
-                    f"projection table {spec.name} differs from a fresh fold of the Kafka log "
-                    f"({len(live[spec.name])} rows live, {len(rebuilt)} rebuilt): "
-                    "run `modeltrail --kafka … project --rebuild`"
-                )
-        return problems
+        self.runner.fold_records(fresh, self.kafka.records(ranges))
+        return diff_tables(
+            self.runner.specs,
+            live.__getitem__,
+            fresh,
+            log="the Kafka log",
+            rebuild="modeltrail --kafka … project --rebuild",
+        )
 
     def close(self) -> None:
         self.kafka.close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from modeltrail.core.db import Database, Query, Row
@@ -29,7 +29,7 @@ from modeltrail.core.events.kafka_log import Record
 from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter
 from modeltrail.core.events.sql_log import _filter_sql, _row, event_from_row
 from modeltrail.core.projections.runner import Runner
-from modeltrail.core.projections.state import Spec, State
+from modeltrail.core.projections.state import MemoryState, Spec, State
 from modeltrail.core.projections.tables import CHECKPOINTS, CheckpointRow
 from modeltrail.errors import IntegrityError, ModeltrailError, ReadOnly
 
@@ -135,6 +135,16 @@ class RecordRunner(Runner):
             sink(mirror_row(event, status))
         state.put(CHECKPOINTS, CheckpointRow(self.name, record.partition, events[-1].position))
         return status
+
+    def fold_records(self, state: MemoryState, records: Iterable[Record]) -> None:
+        """Applies records to a state in memory, their events mirrored into it too (a
+        rebuild, or the fresh fold ``drift`` compares with)."""
+
+        def sink(row: LogEventRow) -> None:
+            state.put(LOG_EVENTS, row)
+
+        for record in records:
+            self.apply_record(state, record, sink)
 
     def _reject_unreadable(self, state: State, record: Record) -> None:
         from modeltrail.core.projections.tables import REJECTIONS, RejectionRow

@@ -22,6 +22,7 @@ from modeltrail.core.projections.state import (
     Journal,
     MemoryState,
     Overlay,
+    RowT,
     Spec,
     SqlState,
     State,
@@ -40,6 +41,7 @@ Progress = Callable[[int], None]
 """Called with the number of events applied since the last call."""
 
 CHUNK = 5000
+"""Events folded (or applied by a projector) at a time during a replay or catch-up."""
 
 
 class SnapshotSource(Protocol):
@@ -158,6 +160,28 @@ class Runner:
         if done < head:
             self.apply_tolerant(state, log.read(after=done, until=head, query=state.tx))
         return head
+
+
+def diff_tables(
+    specs: Sequence[Spec],
+    live: Callable[[Spec], list[RowT]],
+    fresh: MemoryState,
+    *,
+    log: str,
+    rebuild: str,
+) -> list[str]:
+    """How the projection tables (``live``: a table's rows in key order) differ from a
+    fresh fold of the log (``log`` names it; ``rebuild`` is the command that repairs)."""
+    problems = []
+    for spec in specs:
+        rows = live(spec)
+        rebuilt = sorted(fresh.rows(spec), key=spec.key_of)
+        if rows != rebuilt:
+            problems.append(
+                f"projection table {spec.name} differs from a fresh fold of {log} "
+                f"({len(rows)} rows live, {len(rebuilt)} rebuilt): run `{rebuild}`"
+            )
+    return problems
 
 
 @contextmanager
