@@ -16,6 +16,7 @@ from typing import Any
 
 from modeltrail.core.batch import Batch
 from modeltrail.core.projections.fold import dumps
+from modeltrail.core.projections.streams import check_namespace_write
 from modeltrail.core.projections.tables import (
     ALIASES,
     LINKS,
@@ -28,7 +29,7 @@ from modeltrail.core.projections.tables import (
     RunRow,
     VersionRow,
 )
-from modeltrail.core.promotion import override_protection
+from modeltrail.core.promotion import override_protection, owner_stream
 from modeltrail.core.refs import (
     Target,
     check_alias,
@@ -47,7 +48,6 @@ from modeltrail.errors import (
     ConcurrencyConflict,
     InvalidInput,
     NotFound,
-    PermissionDenied,
     RunConfigConflict,
 )
 
@@ -219,7 +219,7 @@ def set_alias(
         override_protection(b, owner_kind, namespace, owner, alias, target)
     b.emit(
         "AliasMoved",
-        _owner_stream(owner_kind, namespace, owner),
+        owner_stream(owner_kind, namespace, owner),
         namespace,
         {
             "owner_kind": owner_kind,
@@ -247,7 +247,7 @@ def remove_alias(
         override_protection(b, owner_kind, namespace, owner, alias, None)
     b.emit(
         "AliasRemoved",
-        _owner_stream(owner_kind, namespace, owner),
+        owner_stream(owner_kind, namespace, owner),
         namespace,
         {
             "owner_kind": owner_kind,
@@ -438,14 +438,7 @@ def record_inference(
         isinstance(n_epoch, bool) or not isinstance(n_epoch, int) or not 0 <= n_epoch < 2**31
     ):
         raise InvalidInput(f"n_epoch {n_epoch!r} is invalid: epochs are integers >= 0 or None")
-    found = b.state.get(NAMESPACES, (namespace,))
-    if found is None:
-        raise NotFound(f"namespace {namespace!r} does not exist")
-    if found.personal and b.actor != found.owner:
-        raise PermissionDenied(
-            f"actor {b.actor!r} may not write to {namespace!r}: a personal namespace is "
-            f"written only by its owner {found.owner!r}"
-        )
+    check_namespace_write(b.state, "InferenceBatchRecorded", namespace, b.actor)
     _existing_run(b, namespace, model, run)
     data = {
         "model": model,
@@ -522,12 +515,6 @@ def _alias_target(
 ) -> Target | None:
     row = b.state.get(ALIASES, (namespace, owner_kind, owner, alias))
     return None if row is None else Target(row.target_namespace, row.target_model, row.target_idx)
-
-
-def _owner_stream(owner_kind: str, namespace: str, owner: str) -> str:
-    if owner_kind == "model":
-        return model_stream(namespace, owner)
-    return registered_stream(namespace, owner)
 
 
 def _key(target: Target) -> tuple[str, str, int]:

@@ -27,26 +27,26 @@ replays disagree; only their own stream's claim is checked here. Their commands 
 check the namespace before emitting."""
 
 
+def check_namespace_write(state: State, type_: str, namespace: str, actor: str) -> None:
+    """The namespace rule: an event of ``type_`` names a namespace that exists, and a
+    personal namespace is written only by its owner (anyone may record a read)."""
+    found = state.get(NAMESPACES, (namespace,))
+    if found is None:
+        raise NotFound(f"{type_} names namespace {namespace!r}, which does not exist")
+    if found.personal and actor != found.owner and type_ not in READ_ONLY_TYPES:
+        raise PermissionDenied(
+            f"actor {actor!r} may not write to {namespace!r}: a personal namespace is "
+            f"written only by its owner {found.owner!r}"
+        )
+
+
 def check_claim(state: State, event: Event, _data: dict[str, Any]) -> None:
     head = state.get(STREAM_HEADS, (event.stream,))
     problem = claim_problem(event, StreamHead(head.version, head.hash) if head else EMPTY_STREAM)
     if problem is not None:
         raise problem
     if event.type != "NamespaceCreated" and event.type not in INDEPENDENT_TYPES:
-        namespace = state.get(NAMESPACES, (event.namespace,))
-        if namespace is None:
-            raise NotFound(
-                f"{event.type} names namespace {event.namespace!r}, which does not exist"
-            )
-        if (
-            namespace.personal
-            and event.actor != namespace.owner
-            and event.type not in READ_ONLY_TYPES
-        ):
-            raise PermissionDenied(
-                f"actor {event.actor!r} may not write to {event.namespace!r}: a personal "
-                f"namespace is written only by its owner {namespace.owner!r}"
-            )
+        check_namespace_write(state, event.type, event.namespace, event.actor)
     state.put(STREAM_HEADS, StreamHeadRow(event.stream, event.stream_version, event.hash))
 
 
