@@ -21,7 +21,14 @@ from modeltrail.core import commands as cmd
 from modeltrail.core.projections.epochs import evaluate, pack, unpack
 from modeltrail.errors import LogUnavailable, ProjectionTimeout
 from modeltrail.producers.run import Run
-from modeltrail.producers.spool import Entry, Spool, open_run, outbox_for, spool_of
+from modeltrail.producers.spool import (
+    Entry,
+    FlushReport,
+    Spool,
+    open_run,
+    outbox_for,
+    spool_of,
+)
 from tests.conftest import ManualClock
 from tests.services import require_package
 
@@ -69,7 +76,7 @@ def submit_batch(reg: mt.Registry, run: Run, ids: list[int], n_epoch: int | None
         {"model": run.model, "run": run.name, "batch": batch(ids, n_epoch)},
         requires=run.opened_by,
     )
-    return outbox.submit(entry)
+    return outbox.submit(entry) is not None
 
 
 def recorded_ids(reg: mt.Registry, stream: str = "inference:team/m/r") -> list[list[int]]:
@@ -166,6 +173,34 @@ def test_a_run_opened_while_the_log_is_locked(trainer: mt.Registry, home: Path) 
         "MetricsLogged",
         "RunFinished",
     ]
+
+
+def test_writes_made_while_entries_wait_are_spooled_behind_them(
+    trainer: mt.Registry, home: Path
+) -> None:
+    base = trainer.log_version("base", {"w": b"base"})
+    outbox = outbox_for(trainer)
+    with log_locked(home):
+        run = open_run(trainer, "m", "r", config={"lr": 0.1})
+    outbox._next_try = float("inf")  # the log is back; the spool is not retried yet
+    assert run.use("base:v0") == base
+    assert run.log_version({"w": b"1"}, epoch=1, derived_from=["base:v0"]) is None
+    assert run.log_metrics({"loss": 1.0}, step=1) is False
+    other = open_run(trainer, "m", "other")  # opened after what waits: behind it too
+    assert other.resumed is None and other.opened_by is not None
+    assert spool_of(trainer).status().pending == 5
+    assert spool_of(trainer).flush(trainer) == FlushReport(5, 0)
+    assert [e.type for e in trainer.events(stream="run:team/m/r")] == [
+        "RunStarted",
+        "VersionConsumed",
+        "MetricsLogged",
+    ]
+    version = trainer.get("m:v0")
+    assert (version.run, version.epoch) == ("r", 1)
+    lineage = trainer.lineage("m:v0")
+    assert lineage.inputs == lineage.derived_from == ["team/base:v0"]
+    assert [r.name for r in trainer.runs("m")] == ["r", "other"]
+    assert run.log_version({"w": b"2"}).label == "v1"  # type: ignore[union-attr]
 
 
 def test_a_changed_config_is_refused_offline_when_the_registry_can_be_read(
@@ -414,19 +449,48 @@ def test_entries_round_trip_through_their_text(clock: ManualClock) -> None:
     assert Entry.loads(entry.dumps()) == entry
 
 
-def test_a_checkpoint_logged_while_the_log_is_locked(trainer: mt.Registry, home: Path) -> None:
+def test_a_checkpoint_logged_while_the_log_is_locked(
+    trainer: mt.Registry, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch = require_package("torch")
     from modeltrail.producers.torch import load_model, log_model
 
     model = torch.nn.Linear(4, 2)
     run = trainer.run("m", "r")
+    stored: list[int] = []
+    put_bytes = trainer.blobs.put_bytes
+
+    def counted(content: bytes) -> tuple[str, int]:
+        stored.append(len(content))
+        return put_bytes(content)
+
+    monkeypatch.setattr(trainer.blobs, "put_bytes", counted)
     with log_locked(home):
         assert log_model(trainer, model, "m", run=run, epoch=1, aliases=["best"]) is None
-    outbox_for(trainer).flush()
+    assert len(stored) == 1  # the weights are stored once, then the version spooled
+    spool_of(trainer).flush(trainer)
     version = trainer.get("m:best")
     assert (version.label, version.run, version.epoch) == ("v0", "r", 1)
     restored = load_model(trainer, "m:best", torch.nn.Linear(4, 2))
     assert torch.equal(restored.weight, model.weight)
+
+
+def test_what_a_checkpoint_breaks_is_refused_offline_by_the_command_itself(
+    trainer: mt.Registry, home: Path
+) -> None:
+    torch = require_package("torch")
+    from modeltrail.producers.torch import log_model
+
+    log_model(trainer, torch.nn.Linear(4, 2), "m")
+    with log_locked(home):
+        offline = open_run(trainer, "m", "r")  # not in the projection until flushed
+        with pytest.raises(mt.errors.ArchitectureMismatch, match="new model name"):
+            log_model(trainer, torch.nn.Linear(4, 3), "m", run=offline)
+        with pytest.raises(mt.errors.InvalidName, match="alias"):
+            log_model(trainer, torch.nn.Linear(4, 2), "m", run=offline, aliases=["Bad Alias"])
+        assert log_model(trainer, torch.nn.Linear(4, 2), "m", run=offline, epoch=1) is None
+    assert spool_of(trainer).flush(trainer) == FlushReport(2, 0)
+    assert (trainer.get("m:v1").run, trainer.get("m:v1").epoch) == ("r", 1)
 
 
 def test_spool_status_and_flush_from_the_shell(trainer: mt.Registry, home: Path) -> None:

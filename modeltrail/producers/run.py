@@ -18,6 +18,7 @@ from modeltrail.errors import InvalidInput
 
 if TYPE_CHECKING:
     from modeltrail.entities import ModelVersion
+    from modeltrail.producers.spool import Written
     from modeltrail.registry import Files, Registry
 
 
@@ -53,7 +54,7 @@ class Run:
         values = cmd.metric_values(metrics)
         if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
             raise InvalidInput(f"step {step!r} is invalid: steps are integers or None")
-        return self._submit("metrics", {"metrics": values, "step": step})
+        return self._submit("metrics", {"metrics": values, "step": step}) is not None
 
     def log_version(
         self,
@@ -64,25 +65,32 @@ class Run:
         epoch: int | None = None,
         arch_hash: str | None = None,
         derived_from: Sequence[str] = (),
-    ) -> ModelVersion:
-        """Logs a version of the run's model as produced by this run."""
-        return self.registry.log_version(
-            self.model_ref,
-            files,
-            metadata=metadata,
-            aliases=aliases,
-            run=self.name,
-            epoch=epoch,
-            arch_hash=arch_hash,
-            derived_from=derived_from,
+    ) -> ModelVersion | None:
+        """Logs a version of the run's model as produced by this run. Returns the version,
+        or None when the log could not be reached: the version is then spooled behind
+        the run's earlier writes (its files are already in the blob store)."""
+        registry = self.registry
+        files_in = registry._store_files(files, None)
+        sources = [registry._target(r) for r in derived_from]
+        written = self._submit(
+            "version",
+            {
+                "files": [[f.path, f.size, f.sha256] for f in files_in],
+                "metadata": dict(metadata or {}),
+                "aliases": list(aliases),
+                "epoch": epoch,
+                "arch_hash": arch_hash,
+                "derived_from": [[t.namespace, t.model, t.index] for t in sources],
+            },
+            checked=True,
         )
+        return None if written is None else registry._get_target(written.result)
 
     def use(self, ref: str) -> ModelVersion:
-        """Records that this run used a version (for lineage) and returns it."""
+        """Records that this run used a version (for lineage) and returns it; the record
+        is spooled behind the run's earlier writes when the log cannot be reached."""
         version = self.registry.get(ref)
-        self.registry._write(
-            lambda b: cmd.use_version(b, self.namespace, self.model, self.name, version.target)
-        )
+        self._submit("use", {"used": [version.namespace, version.model, version.index]})
         return version
 
     def finish(self, status: str = "finished") -> bool:
@@ -90,10 +98,10 @@ class Run:
         cannot be reached."""
         if status not in ("finished", "failed", "killed"):
             raise InvalidInput(f"run status {status!r} is invalid: use finished, failed or killed")
-        return self._submit("finish", {"status": status})
+        return self._submit("finish", {"status": status}) is not None
 
-    def _submit(self, kind: str, args: dict[str, Any]) -> bool:
-        from modeltrail.producers.spool import outbox_for
+    def _submit(self, kind: str, args: dict[str, Any], *, checked: bool = False) -> Written | None:
+        from modeltrail.producers.spool import offline_check, outbox_for
 
         outbox = outbox_for(self.registry)
         entry = outbox.entry(
@@ -102,7 +110,7 @@ class Run:
             {"model": self.model, "run": self.name, **args},
             requires=self.opened_by,
         )
-        return outbox.submit(entry)
+        return outbox.submit(entry, check=offline_check(entry) if checked else None)
 
     def __enter__(self) -> Run:
         return self

@@ -51,7 +51,7 @@ import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +60,7 @@ from modeltrail.core import commands as cmd
 from modeltrail.core.batch import Batch
 from modeltrail.core.events.envelope import Event, to_datetime
 from modeltrail.core.events.seal import Sealer
+from modeltrail.core.refs import Ref, Target
 from modeltrail.errors import (
     ConcurrencyConflict,
     IntegrityError,
@@ -165,8 +166,8 @@ def _replay_finish(b: Batch, ns: str, a: Mapping[str, Any]) -> None:
     cmd.finish_run(b, ns, a["model"], a["run"], a["status"])
 
 
-def _replay_open_run(b: Batch, ns: str, a: Mapping[str, Any]) -> None:
-    cmd.open_run(
+def _replay_open_run(b: Batch, ns: str, a: Mapping[str, Any]) -> bool:
+    return cmd.open_run(
         b,
         ns,
         a["model"],
@@ -177,8 +178,8 @@ def _replay_open_run(b: Batch, ns: str, a: Mapping[str, Any]) -> None:
     )
 
 
-def _replay_version(b: Batch, ns: str, a: Mapping[str, Any]) -> None:
-    cmd.log_version(
+def _replay_version(b: Batch, ns: str, a: Mapping[str, Any]) -> Target:
+    return cmd.log_version(
         b,
         ns,
         a["model"],
@@ -188,21 +189,29 @@ def _replay_version(b: Batch, ns: str, a: Mapping[str, Any]) -> None:
         run=a["run"],
         epoch=a["epoch"],
         arch_hash=a["arch_hash"],
+        derived_from=[Target(*t) for t in a.get("derived_from", ())],
     )
 
 
-REPLAY: dict[str, Callable[[Batch, str, Mapping[str, Any]], None]] = {
+def _replay_use(b: Batch, ns: str, a: Mapping[str, Any]) -> None:
+    cmd.use_version(b, ns, a["model"], a["run"], Target(*a["used"]))
+
+
+REPLAY: dict[str, Callable[[Batch, str, Mapping[str, Any]], Any]] = {
     "inference": _replay_inference,
     "metrics": _replay_metrics,
     "finish": _replay_finish,
     "open_run": _replay_open_run,
     "version": _replay_version,
+    "use": _replay_use,
 }
-"""How each kind of entry is written: the same command a live write runs."""
+"""How each kind of entry is written: the same command a live write runs (returning
+what it returns: a run's opening whether it resumed, a version's its ``Target``)."""
 
 
-def replay(b: Batch, entry: Entry) -> None:
-    """Runs an entry's command inside a write, with the entry's actor, time and ids."""
+def replay(b: Batch, entry: Entry) -> Any:
+    """Runs an entry's command inside a write, with the entry's actor, time and ids;
+    returns the command's result."""
     replayer = REPLAY.get(entry.kind)
     if replayer is None:
         raise IntegrityError(f"spool entry {entry.id} has unknown kind {entry.kind!r}")
@@ -212,8 +221,9 @@ def replay(b: Batch, entry: Entry) -> None:
         recorded_at=entry.at,
         sealer=Sealer(b.codec, new_id=ids.__next__),
     )
-    replayer(own, entry.namespace, entry.args)
+    result = replayer(own, entry.namespace, entry.args)
     b.adopt(own)
+    return result
 
 
 # -- the spool file ---------------------------------------------------------------------
@@ -520,6 +530,28 @@ def _event_from_json(raw: Mapping[str, Any]) -> Event:
 # -- the producer side ------------------------------------------------------------------
 
 
+Check = Callable[[Batch], object]
+"""A command's decide, dry-run before an entry is spooled."""
+
+
+@dataclass(frozen=True)
+class Written:
+    """An entry written to the log at once."""
+
+    result: Any
+    """What its command returned (a run's opening: whether it resumed; a version: its
+    ``Target``; None for the others)."""
+
+
+def offline_check(entry: Entry) -> Check:
+    """The entry's own command, as it can be checked before the entry is spooled: a run
+    opened offline (``requires``) is not in the projection yet, so a version's run is
+    left out of its check."""
+    if entry.requires is not None and entry.kind == "version":
+        entry = replace(entry, args={**entry.args, "run": None})
+    return lambda b: replay(b, entry)
+
+
 class Outbox:
     """Writes a producer's entries now, or spools them while the log cannot be reached.
 
@@ -551,27 +583,37 @@ class Outbox:
         """The registry's clock (UTC microseconds)."""
         return self.registry._require_engine().clock()
 
-    def submit(self, entry: Entry) -> bool:
-        """Writes the entry (True), or spools it (False) when the log cannot be reached.
-        A refusal by a rule (``RunConfigConflict`` …) is raised as usual."""
+    def submit(self, entry: Entry, *, check: Check | None = None) -> Written | None:
+        """Writes the entry and returns its command's result (``Written``), or spools it
+        (None) while earlier entries wait in the spool or the log cannot be reached. A
+        refusal by a rule (``RunConfigConflict`` …) is raised as usual; before an entry
+        is spooled, ``check`` (a command's decide, see ``offline_check``) runs on the
+        committed projection, so what can be refused offline still raises here."""
         with self._lock:
             if self.spool.has_pending():
                 self._try_flush()
                 if self.spool.has_pending():
-                    self.spool.append([entry])
-                    return False
+                    self._spool(entry, check)
+                    return None
             try:
-                self.registry._write(lambda b: replay(b, entry))
+                result = self.registry._write(lambda b: replay(b, entry))
             except LogUnavailable:
-                self.spool.append([entry])
+                self._spool(entry, check)
                 self._next_try = time.monotonic() + self.retry_s
-                return False
-            return True
+                return None
+            return Written(result)
 
     def flush(self) -> FlushReport:
         """Flushes the spool now (raises ``LogUnavailable`` when the log is still away)."""
         with self._lock:
             return self.spool.flush(self.registry)
+
+    def _spool(self, entry: Entry, check: Check | None) -> None:
+        if check is not None:
+            engine = self.registry._require_engine()
+            with contextlib.suppress(LogUnavailable):  # unreadable too: decided at flush
+                engine.dry_run(check, actor=self.registry.actor)
+        self.spool.append([entry])
 
     def _try_flush(self) -> None:
         if time.monotonic() < self._next_try:
@@ -619,28 +661,17 @@ def open_run(
     allow_config_change: bool = False,
     arch_hash: str | None = None,
 ) -> Run:
-    """``registry.run(...)``, except that when the log cannot be reached the opening is
-    spooled and a ``Run`` is returned at once (its ``resumed`` is then None: unknown).
+    """``registry.run(...)`` through the outbox: when the log cannot be reached, or earlier
+    writes still wait in the spool, the opening is spooled and a ``Run`` is returned at
+    once (its ``resumed`` is then None: unknown).
 
     What can be checked offline still is: when the registry can be read, a changed config
     or architecture raises here as it would online; what could not be checked is decided
     when the spool is flushed, and a refused opening takes the run's spooled writes with
     it to ``rejected.jsonl``."""
-    from modeltrail.core.refs import Ref
     from modeltrail.producers.run import Run
 
-    try:
-        return registry.run(
-            model_ref,
-            name,
-            config=config,
-            allow_config_change=allow_config_change,
-            arch_hash=arch_hash,
-        )
-    except LogUnavailable:
-        pass
     ref = Ref.parse(model_ref).resolved(registry.namespace)
-    _check_offline(registry, ref.ns, ref.name, name, config, allow_config_change, arch_hash)
     outbox = outbox_for(registry)
     entry = outbox.entry(
         "open_run",
@@ -653,48 +684,7 @@ def open_run(
             "arch_hash": arch_hash,
         },
     )
-    outbox.spool.append([entry])
-    outbox._next_try = time.monotonic() + outbox.retry_s
+    written = outbox.submit(entry, check=offline_check(entry))
+    if written is not None:
+        return Run(registry, ref.ns, ref.name, name, resumed=written.result)
     return Run(registry, ref.ns, ref.name, name, resumed=None, opened_by=entry.id)
-
-
-def _check_offline(
-    registry: Registry,
-    namespace: str,
-    model: str,
-    run: str,
-    config: Mapping[str, Any] | None,
-    allow_config_change: bool,
-    arch_hash: str | None,
-) -> None:
-    from modeltrail.core.projections.fold import dumps
-    from modeltrail.core.refs import check_name
-    from modeltrail.errors import ArchitectureMismatch, RunConfigConflict
-
-    check_name(model, "model name")
-    check_name(run, "run name")
-    try:
-        model_row = registry._read.model(namespace, model)
-        run_row = registry._read.run(namespace, model, run)
-    except Exception:  # the projections cannot be read either: decided at flush
-        return
-    if (
-        arch_hash is not None
-        and model_row is not None
-        and model_row.arch_hash
-        not in (
-            None,
-            arch_hash,
-        )
-    ):
-        raise ArchitectureMismatch(
-            f"architecture {arch_hash} differs from {model_row.arch_hash}, the one model "
-            f"{namespace}/{model} is bound to: a new architecture needs a new model name"
-        )
-    digest = cmd.config_digest(dict(config or {}))
-    if run_row is not None and run_row.config_digest != digest and not allow_config_change:
-        raise RunConfigConflict(
-            f"run {run!r} of {namespace}/{model} started with config {run_row.config}, "
-            f"not {dumps(dict(config or {}))}: new training conditions need a new run "
-            "name (or pass allow_config_change=True to resume anyway)"
-        )

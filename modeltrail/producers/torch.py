@@ -59,11 +59,10 @@ from modeltrail.core.refs import Ref, check_name
 from modeltrail.errors import (
     ArchitectureMismatch,
     InvalidInput,
-    LogUnavailable,
     NotFound,
 )
 from modeltrail.producers.run import Run
-from modeltrail.producers.spool import open_run, outbox_for
+from modeltrail.producers.spool import offline_check, open_run, outbox_for
 
 if TYPE_CHECKING:
     from modeltrail.entities import ModelVersion
@@ -159,36 +158,19 @@ def log_model(
 ) -> ModelVersion | None:
     """Logs the module's weights as a version of model ``name`` (created on first use
     and bound to the module's architecture hash). Returns the version — or None when the
-    log could not be reached: the version is then spooled and gets its label when the
-    spool is flushed (the weights are already in the blob store)."""
+    log could not be reached (or earlier writes still wait in the spool): the version is
+    then spooled and gets its label when the spool is flushed (the weights are already
+    in the blob store)."""
     digest = arch_hash(module)
     data = state_bytes(module)
     run_name = run.name if isinstance(run, Run) else run
-    if isinstance(run, Run) and run.model_ref != str(Ref.parse(name).resolved(reg.namespace)):
+    ref = Ref.parse(name).resolved(reg.namespace)
+    if isinstance(run, Run) and run.model_ref != str(ref):
         raise InvalidInput(
             f"run {run.name!r} belongs to model {run.model_ref}, not to {name!r}: a run logs "
             "versions of its own model"
         )
     meta = {"format": STATE_FORMAT, **dict(metadata or {})}
-    try:
-        return reg.log_version(
-            name,
-            {WEIGHTS_FILE: data},
-            metadata=meta,
-            aliases=aliases,
-            run=run_name,
-            epoch=epoch,
-            arch_hash=digest,
-        )
-    except LogUnavailable:
-        pass
-    ref = Ref.parse(name).resolved(reg.namespace)
-    model_row = reg._read.model(ref.ns, ref.name)
-    if model_row is not None and model_row.arch_hash not in (None, digest):
-        raise ArchitectureMismatch(
-            f"architecture {digest} differs from {model_row.arch_hash}, the one model "
-            f"{ref.ns}/{ref.name} is bound to: a new architecture needs a new model name"
-        )
     sha256, size = reg.blobs.put_bytes(data)
     outbox = outbox_for(reg)
     entry = outbox.entry(
@@ -202,11 +184,12 @@ def log_model(
             "run": run_name,
             "epoch": epoch,
             "arch_hash": digest,
+            "derived_from": [],
         },
         requires=run.opened_by if isinstance(run, Run) else None,
     )
-    outbox.submit(entry)
-    return None
+    written = outbox.submit(entry, check=offline_check(entry))
+    return None if written is None else reg._get_target(written.result)
 
 
 def load_model(
