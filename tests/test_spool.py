@@ -122,7 +122,7 @@ def test_spooled_events_keep_the_time_they_were_made(
         made_at = clock.now
         submit_batch(trainer, run, [1, 2])
         clock.advance(3600)
-    outbox_for(trainer).flush()
+    spool_of(trainer).flush(trainer)
     (event,) = trainer.events(types=["InferenceBatchRecorded"])
     assert made_at < event.recorded_at < made_at + 1_000_000
     assert event.appended_at >= made_at + 3_600_000_000  # landed an hour later
@@ -163,7 +163,7 @@ def test_a_run_opened_while_the_log_is_locked(trainer: mt.Registry, home: Path) 
         assert submit_batch(trainer, run, [1, 2, 3]) is False
         run.log_metrics({"loss": 1.0}, step=0)
         run.finish()
-    report = outbox_for(trainer).flush()
+    report = spool_of(trainer).flush(trainer)
     assert (report.flushed, report.rejected) == (4, 0)
     info = trainer.run_info("m", "r")
     assert (info.status, trainer.model("m").arch_hash) == ("finished", "abc")

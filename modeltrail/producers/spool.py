@@ -603,11 +603,6 @@ class Outbox:
                 return None
             return Written(result)
 
-    def flush(self) -> FlushReport:
-        """Flushes the spool now (raises ``LogUnavailable`` when the log is still away)."""
-        with self._lock:
-            return self.spool.flush(self.registry)
-
     def _spool(self, entry: Entry, check: Check | None) -> None:
         if check is not None:
             engine = self.registry._require_engine()
