@@ -346,3 +346,67 @@ def test_a_kafka_sender_waits_with_the_engines_await_position() -> None:
     with pytest.raises(ProjectionTimeout, match=r"sender waits .*: it is at offset 1"):
         WebhookSender._await_projection(Engine(), "registry-0")  # type: ignore[arg-type]
     assert waited == [("registry-0", position_of(2, 0))]  # the partition's last record
+
+
+def test_a_410_is_recorded_and_removes_the_webhook_in_one_write(
+    reg: mt.Registry, endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _model(reg)
+    hook, _ = Webhooks(reg).add(endpoint.url)
+    endpoint.statuses = [410]
+    reg.set_alias("m:v0", "production")
+    head, writes = reg.head(), []
+    write = reg._write
+
+    def counted(decide: Any) -> Any:
+        writes.append(decide)
+        return write(decide)
+
+    monkeypatch.setattr(reg, "_write", counted)
+    _sender(reg).step()
+    assert len(writes) == 1
+    assert [e.type for e in reg.events(after=head)] == ["WebhookFailed", "WebhookRemoved"]
+    assert not Webhooks(reg).get(hook.webhook_id).active
+
+
+def test_a_webhook_removed_by_hand_while_its_endpoint_answers_410_does_not_stop_the_sender(
+    reg: mt.Registry, endpoint: Endpoint
+) -> None:
+    _model(reg)
+    gone, _ = Webhooks(reg).add(endpoint.url + "/gone", alias="production")
+    other, _ = Webhooks(reg).add(endpoint.url, alias="production")
+    reg.set_alias("m:v0", "production")
+
+    def remove_then_answer_410(
+        url: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> Answer:
+        if url.endswith("/gone"):
+            Webhooks(reg).remove(gone.webhook_id)  # `webhook rm` in another process
+            return Answer(410)
+        return http_post(url, body, headers, timeout)
+
+    _sender(reg, post=remove_then_answer_410).run(idle_timeout=0.1)
+    assert [r.data["reason"] for r in reg.audit(types=["WebhookRemoved"])] == ["removed by hand"]
+    assert [f.data["gave_up"] for f in reg.audit(types=["WebhookFailed"])] == [True]
+    assert Webhooks(reg).get(other.webhook_id).delivered == 1  # the sender went on
+
+
+def test_the_sender_reads_a_webhooks_secret_once(
+    reg: mt.Registry, endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _model(reg)
+    Webhooks(reg).add(endpoint.url, alias="production")
+    endpoint.statuses = [500, 500]
+    reg.set_alias("m:v0", "production")
+    reg.set_alias("m:v1", "production")
+    read: list[str] = []
+    secret = Webhooks.secret
+
+    def counted(webhooks: Webhooks, webhook_id: str) -> str:
+        read.append(webhook_id)
+        return secret(webhooks, webhook_id)
+
+    monkeypatch.setattr(Webhooks, "secret", counted)
+    _sender(reg).run(idle_timeout=0.1)
+    assert len(endpoint.received) == 4
+    assert len(read) == 1

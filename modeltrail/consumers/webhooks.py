@@ -76,6 +76,7 @@ from modeltrail.core.projections.webhooks import (
     WebhookDeliveryRow,
     WebhookRow,
 )
+from modeltrail.core.readmodel import ReadModel
 from modeltrail.core.sidetables import ensure_table
 from modeltrail.errors import (
     AlreadyExists,
@@ -308,13 +309,15 @@ def _stream(namespace: str, webhook_id: str) -> str:
 
 
 def _write_removal(registry: Registry, hook: WebhookRow, reason: str) -> None:
-    registry._write(
-        lambda b: b.emit(
-            "WebhookRemoved",
-            _stream(hook.namespace, hook.webhook_id),
-            hook.namespace,
-            {"webhook_id": hook.webhook_id, "reason": reason},
-        )
+    registry._write(lambda b: _emit_removal(b, hook, reason))
+
+
+def _emit_removal(b: Batch, hook: WebhookRow, reason: str) -> None:
+    b.emit(
+        "WebhookRemoved",
+        _stream(hook.namespace, hook.webhook_id),
+        hook.namespace,
+        {"webhook_id": hook.webhook_id, "reason": reason},
     )
 
 
@@ -436,6 +439,8 @@ class WebhookSender:
                     f"{type(self.engine.log).__name__}"
                 )
         self._progress: dict[str, _Progress] = {}
+        self._secrets: dict[str, str] = {}
+        """Signing secrets by webhook id (a webhook's secret never changes)."""
 
     def run(
         self, stop: threading.Event | None = None, *, idle_timeout: float | None = None
@@ -496,7 +501,13 @@ class WebhookSender:
         return max(min([self.poll_s, *due]), 0.001)
 
     def _active(self) -> list[WebhookRow]:
-        return [r for r in read_all(self.registry._read.query, WEBHOOKS) if r.active]
+        rows: list[WebhookRow] = self.registry._read.where(WEBHOOKS, order="webhook_id", active=1)
+        return rows
+
+    def _secret(self, webhook_id: str) -> str:
+        if webhook_id not in self._secrets:
+            self._secrets[webhook_id] = self.webhooks.secret(webhook_id)
+        return self._secrets[webhook_id]
 
     def _next_event(self, hook: WebhookRow, progress: _Progress) -> Event | None:
         if progress.event is None:
@@ -576,9 +587,7 @@ class WebhookSender:
             return
         attempt = hook.retry_attempts + 1 if hook.retry_event_id == event_id else 1
         body = body_of(event)
-        headers = signed_headers(
-            self.webhooks.secret(hook.webhook_id), event, body, int(self.wall_clock())
-        )
+        headers = signed_headers(self._secret(hook.webhook_id), event, body, int(self.wall_clock()))
         answer = self.post(hook.url, body, headers, self.timeout_s)
         if answer.ok:
             assert answer.status is not None
@@ -613,25 +622,41 @@ class WebhookSender:
                 "retry_in_s": retry_in,
                 "gave_up": gave_up,
             },
+            removal="the endpoint answered 410 Gone" if gone else None,
         )
-        if gone:
-            _write_removal(self.registry, hook, "the endpoint answered 410 Gone")
         if retry_in is None:
             self._passed(progress)
         else:
             progress.due_at = time.monotonic() + retry_in
 
-    def _record(self, hook: WebhookRow, type_: str, data: dict[str, Any]) -> None:
+    def _record(
+        self, hook: WebhookRow, type_: str, data: dict[str, Any], *, removal: str | None = None
+    ) -> None:
+        """Records an attempt; with ``removal`` (the reason), removes the webhook in the same
+        batch, unless it was removed already."""
+
         def decide(b: Batch) -> None:
             b.emit(type_, _stream(hook.namespace, hook.webhook_id), hook.namespace, data)
+            if removal is not None:
+                row: WebhookRow | None = ReadModel(b.query).get(WEBHOOKS, hook.webhook_id)
+                if row is not None and row.active:
+                    _emit_removal(b, hook, removal)
 
-        for wait in (0.05, 0.2, 1.0, 5.0, None):
+        waits = iter((0.05, 0.2, 1.0, 5.0))
+        while True:
             try:
                 self.registry._write(decide)
                 return
             except AlreadyExists:
                 return  # another sender recorded it first
+            except NotFound:
+                if removal is None:
+                    raise
+                # removed by hand between the check and the projection's verdict (Kafka):
+                # the attempt is recorded on its own
+                removal = None
             except LogUnavailable:
+                wait = next(waits, None)
                 if wait is None:
                     raise
                 time.sleep(wait)
