@@ -23,6 +23,9 @@ Kafka: a single KRaft node (broker+controller) run from jars that Maven fetches 
 ``${MODELTRAIL_CACHE:-~/.cache/modeltrail}/kafka-<version>/lib`` (see scripts/kafka/pom.xml).
 PostgreSQL: initdb + pg_ctl from the Debian binaries, trust auth, superuser ``postgres``,
 database ``modeltrail``; fsync/synchronous_commit off unless ``--durable``.
+
+What is missing (PostgreSQL, a Java 17+ runtime, Maven) is installed with apt-get, without
+questions, when this runs as root; otherwise the error names the packages to install.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -73,6 +77,12 @@ KAFKA_JAVA_OPTS = (
 )
 DEFAULT_TIMEOUT_S = float(os.environ.get("MODELTRAIL_SERVICE_TIMEOUT", "120"))
 LOG_TAIL_LINES = 40
+JAVA_MIN = 17
+# Debian/Ubuntu packages with a Java 17+ runtime, preferred first (default-jre-headless is
+# 17+ from Debian 12 and Ubuntu 24.04 on); the first one apt knows is installed.
+JAVA_PACKAGES = ("openjdk-17-jre-headless", "openjdk-21-jre-headless", "default-jre-headless")
+MAVEN_PACKAGES = ("maven",)
+POSTGRES_PACKAGES = ("postgresql",)
 
 
 class ServiceError(RuntimeError):
@@ -265,6 +275,65 @@ def _fresh_service_dir(kind: str, base: Path) -> Path:
 # Kafka
 
 
+def _apt_install(what: str, candidates: Sequence[str]) -> None:
+    """Installs the first of ``candidates`` that apt knows, non-interactively, when root
+    with apt-get; otherwise a ServiceError naming the packages to install."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise ServiceError(
+            f"{what} is not installed and this is not root with apt-get to install it: "
+            f"install {' or '.join(candidates)} (e.g. sudo apt-get install {candidates[0]})"
+        )
+    _log(f"{what} not found; installing it with apt-get ...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run(["apt-get", "update", "-q"], env=env, timeout=600)
+    known = [name for name in candidates if _apt_knows(name, env)]
+    if not known:
+        raise ServiceError(f"{what}: apt knows none of the packages {', '.join(candidates)}")
+    _run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", known[0]],
+        env=env,
+        timeout=900,
+    )
+
+
+def _apt_knows(package: str, env: dict[str, str]) -> bool:
+    cmd = ["apt-cache", "show", package]
+    return subprocess.run(cmd, env=env, capture_output=True, check=False).returncode == 0
+
+
+def java_version(java: str) -> int:
+    """The major version of a java binary ("1.8.0_292" is 8, "17.0.15" is 17)."""
+    proc = _run([java, "-version"], what="java -version", timeout=60)
+    found = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr + proc.stdout)
+    if found is None:
+        raise ServiceError(f"cannot tell the version of {java}: {proc.stderr.strip()}")
+    major = int(found[1])
+    return int(found[2] or 0) if major == 1 else major
+
+
+_JAVA: list[str] = []  # the checked binary, once found
+
+
+def java_binary() -> str:
+    """``java`` (17+) from PATH, installed with apt-get when absent and we are root."""
+    if _JAVA:
+        return _JAVA[0]
+    java = shutil.which("java")
+    if java is None:
+        _apt_install(f"Java {JAVA_MIN}+ (needed to run Kafka)", JAVA_PACKAGES)
+        java = shutil.which("java")
+        if java is None:
+            raise ServiceError("java not found on PATH even after installing it")
+    version = java_version(java)
+    if version < JAVA_MIN:
+        raise ServiceError(
+            f"{java} is Java {version}; Kafka needs Java {JAVA_MIN}+: install "
+            f"{' or '.join(JAVA_PACKAGES)} and put its java first on PATH"
+        )
+    _JAVA.append(java)
+    return java
+
+
 def kafka_version() -> str:
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     node = ET.parse(KAFKA_POM).getroot().find("m:properties/m:kafka.version", ns)
@@ -285,7 +354,10 @@ def kafka_lib_dir() -> Path:
             return lib
         mvn = shutil.which("mvn")
         if mvn is None:
-            raise ServiceError("Maven (mvn) not found; it is needed once to fetch the Kafka jars")
+            _apt_install("Maven (mvn, needed once to fetch the Kafka jars)", MAVEN_PACKAGES)
+            mvn = shutil.which("mvn")
+            if mvn is None:
+                raise ServiceError("Maven (mvn) not found on PATH even after installing it")
         staging = home / "lib.partial"
         shutil.rmtree(staging, ignore_errors=True)
         _log(f"fetching Kafka {kafka_version()} jars with Maven into {lib} ...")
@@ -358,9 +430,7 @@ def kafka_log4j_config(log_file: Path) -> str:
 
 
 def _java_cmd(lib: Path, sdir: Path, *, short_lived: bool = False) -> list[str]:
-    java = shutil.which("java")
-    if java is None:
-        raise ServiceError("java not found (OpenJDK 17+ is needed to run Kafka)")
+    java = java_binary()
     extra = os.environ.get(KAFKA_JAVA_OPTS_ENV, "").split()
     # C1 only: about 0.2s faster for the one-shot format tool. Not for the broker, whose
     # throughput the benchmarks measure.
@@ -425,6 +495,7 @@ def _wait_kafka(bootstrap: str, pid: int, timeout: float) -> None:
 
 
 def _start_kafka(base: Path, timeout: float) -> dict[str, Any]:
+    java_binary()  # first: Maven's own package would bring the distribution's default Java
     lib = kafka_lib_dir()
     sdir = _fresh_service_dir("kafka", base)
     data_dir = sdir / "data"
@@ -547,16 +618,7 @@ def _find_pg_bin() -> Path | None:
 
 
 def _install_postgresql() -> None:
-    if os.geteuid() != 0:
-        raise ServiceError("PostgreSQL is not installed and we are not root to apt-get it")
-    _log("initdb not found; installing Debian's postgresql package ...")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _run(["apt-get", "update", "-q"], env=env, timeout=600)
-    _run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
-        env=env,
-        timeout=900,
-    )
+    _apt_install("PostgreSQL (initdb)", POSTGRES_PACKAGES)
 
 
 def pg_os_user() -> str | None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import kafka
 import pytest
 import sqlalchemy
-
-from tests.services import REQUIRE_ENV, require_package
 
 pytestmark = pytest.mark.services
 
@@ -159,19 +156,3 @@ def test_kafka_consumer_group_resumes_after_commit(kafka_bootstrap: str, kafka_p
         second.close()
     assert [r.offset for r in rest] == [4, 5, 6, 7, 8, 9]
     assert [r.value for r in rest] == [f"m{i}".encode() for i in range(4, 10)]
-
-
-# --------------------------------------------------------------------------------------------
-# Optional packages
-
-
-def test_a_missing_optional_package_skips_unless_services_are_required(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    assert require_package("json") is json
-    monkeypatch.delenv(REQUIRE_ENV, raising=False)
-    with pytest.raises(pytest.skip.Exception, match="no_such_package_here is not installed"):
-        require_package("no_such_package_here")
-    monkeypatch.setenv(REQUIRE_ENV, "1")
-    with pytest.raises(pytest.fail.Exception, match="no_such_package_here is not installed"):
-        require_package("no_such_package_here")
