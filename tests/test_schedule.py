@@ -11,6 +11,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -403,3 +404,25 @@ def test_retention_keeps_a_blob_that_an_upload_just_reused(
     assert _blob_exists(reg, b"weights")  # reused a moment ago: inside the grace period
     assert not _blob_exists(reg, b"newer")  # unused for two hours: gone
     assert result.blobs_deleted == 1
+
+
+def test_promotion_reads_a_runs_metrics_once_for_all_its_versions(
+    reg: mt.Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with reg.run("m", "r1") as run:
+        for epoch in range(3):
+            run.log_metrics({"loss": 0.9 - epoch / 10}, step=epoch)
+            run.log_version({"w": bytes([epoch])})
+    read: list[str] = []
+    metrics = reg.metrics
+
+    def counted(model_ref: str, run_name: str) -> Any:
+        read.append(run_name)
+        return metrics(model_ref, run_name)
+
+    monkeypatch.setattr(reg, "metrics", counted)
+    policy = {"model": "m", "alias": "candidate", "metric": "loss", "threshold": 0.5, "op": "<="}
+    assert jobs.promote(reg, **policy, source="run") is None  # type: ignore[arg-type]
+    assert read == ["r1"]  # three versions of one run: its metrics read once
+    policy["threshold"] = 0.75  # the run's last loss, 0.7, passes: its newest version moves
+    assert jobs.promote(reg, **policy, source="run") == "team/m:v2"  # type: ignore[arg-type]

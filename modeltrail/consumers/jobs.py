@@ -7,9 +7,10 @@ it days ahead.
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -120,24 +121,35 @@ COMPARISONS: dict[str, Callable[[float, float], bool]] = {
 SOURCES = ("metadata", "run", "any")
 
 
-def metric_of(registry: Registry, version: VersionRow, metric: str, source: str) -> float | None:
+def metric_of(
+    version: VersionRow,
+    metric: str,
+    source: str,
+    last_logged: Callable[[str], Mapping[str, float]],
+) -> float | None:
     """A version's value of ``metric``: from its metadata, or the last value its run
-    logged (``source`` "any" tries the metadata first)."""
+    logged (``source`` "any" tries the metadata first). ``last_logged(run)``: the last
+    value of each metric a run of the version's model logged (see ``last_logged``)."""
     if source in ("metadata", "any"):
         value = json.loads(version.metadata).get(metric)
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
     if source in ("run", "any") and version.run is not None:
-        logged = [
-            v
-            for key, _step, v, _at in registry.metrics(
-                f"{version.namespace}/{version.model}", version.run
-            )
-            if key == metric
-        ]
-        if logged:
-            return float(logged[-1])
+        logged = last_logged(version.run).get(metric)
+        if logged is not None:
+            return float(logged)
     return None
+
+
+def last_logged(registry: Registry, model: str) -> Callable[[str], Mapping[str, float]]:
+    """``run -> {metric: the last value it logged}`` for the runs of ``model``, each run's
+    metrics read once (several versions of one run share them)."""
+
+    @functools.cache
+    def of(run: str) -> Mapping[str, float]:
+        return {key: value for key, _step, value, _at in registry.metrics(model, run)}
+
+    return of
 
 
 def promote(
@@ -163,10 +175,11 @@ def promote(
     current = found.aliases.get(alias)
     since = -1 if current is None else int(current[1:])
     rows = registry._read.versions(found.namespace, found.name)
+    logged = last_logged(registry, found.ref)
     for row in sorted(rows, key=lambda r: r.idx, reverse=True):
         if row.idx <= since:
             break
-        value = metric_of(registry, row, metric, source)
+        value = metric_of(row, metric, source, logged)
         if value is None or not passes(value, threshold):
             continue
         ref = f"{found.namespace}/{found.name}:v{row.idx}"
