@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
+import pytest
+
+from modeltrail.core import commands as cmd
+from modeltrail.core.batch import Batch
+from modeltrail.core.db import Database, Query, Row
+from modeltrail.core.engine import Engine
 from modeltrail.core.events.codec import default_codec
 from modeltrail.core.events.envelope import Event
+from modeltrail.core.projections.epochs import evaluate, pack
 from modeltrail.core.projections.fold import ANY_TYPE, Folder, Projection
 from modeltrail.core.projections.runner import Runner
 from modeltrail.core.projections.state import Key, RowT, Spec, State
 from modeltrail.core.projections.tables import REJECTIONS
+from modeltrail.core.readmodel import ReadModel
+from modeltrail.core.refs import Ref, Target
 from modeltrail.errors import InvalidInput
+from tests.conftest import ManualClock
 
 
 class SeenRow(NamedTuple):
@@ -62,3 +74,71 @@ def test_a_tolerant_fold_over_sql_reads_no_row_before_writing_it() -> None:
         2,
         "InvalidInput: event at 2 is refused by rule",
     )
+
+
+class CountingQuery:
+    """A query that counts the rows each table's statements return."""
+
+    def __init__(self, query: Query) -> None:
+        self.query = query
+        self.returned: dict[str, int] = {}
+
+    def _count(self, sql: str, count: int) -> None:
+        table = sql.split(" FROM ", 1)[1].split(maxsplit=1)[0]
+        self.returned[table] = self.returned.get(table, 0) + count
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        found = self.query.rows(sql, params)
+        self._count(sql, len(found))
+        return found
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        found = self.query.one(sql, params)
+        self._count(sql, found is not None)
+        return found
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    made = Engine(Database(f"sqlite:///{tmp_path / 'trail.db'}"), clock=ManualClock())
+    made.prepare()
+    yield made
+    made.close()
+
+
+def test_an_epoch_evaluation_reads_only_that_epochs_rows(engine: Engine) -> None:
+    engine.write(lambda b: cmd.open_run(b, "team", "m", "r", {}), actor="alice")
+    for n_epoch in (0, 1, 2):
+        batch = {
+            "dataset_type": "train",
+            "n_epoch": n_epoch,
+            "n_samples": 2,
+            "num_classes": 2,
+            "input_ids": pack("q", [0, 1]),
+            "labels": pack("i", [0, 1]),
+            "predictions": pack("i", [0, 0]),
+            "losses": pack("f", [0.5, 0.5]),
+            "confidences": pack("f", [0.9, 0.9]),
+        }
+
+        def decide(b: Batch, batch: dict[str, Any] = batch) -> None:
+            cmd.record_inference(b, "team", "m", "r", batch)
+
+        engine.write(decide, actor="alice")
+    query = CountingQuery(engine.database.reader())
+    assert evaluate(query, "team", "m", "r", 1).n_epoch == 1
+    assert query.returned["epochs"] == 1
+
+
+def test_a_registered_models_latest_reads_one_link(engine: Engine) -> None:
+    for index in range(4):
+        files = [cmd.FileEntry("w", 1, f"{index:064x}")]
+
+        def decide(b: Batch, files: list[cmd.FileEntry] = files) -> None:
+            target = cmd.log_version(b, "team", "m", files)
+            cmd.link(b, target, "team", "reg")
+
+        engine.write(decide, actor="alice")
+    query = CountingQuery(engine.database.reader())
+    assert ReadModel(query).resolve(Ref.parse("team/reg")) == Target("team", "m", 3)
+    assert query.returned["links"] == 1

@@ -15,7 +15,6 @@ from modeltrail.core.projections.state import Spec
 from modeltrail.core.projections.tables import (
     ALIAS_MOVES,
     ALIASES,
-    CHECKPOINTS,
     CONSUMED,
     DERIVED,
     LINKS,
@@ -23,7 +22,6 @@ from modeltrail.core.projections.tables import (
     MODELS,
     NAMESPACES,
     REGISTERED,
-    REJECTIONS,
     RUNS,
     VERSIONS,
     AliasMoveRow,
@@ -35,7 +33,6 @@ from modeltrail.core.projections.tables import (
     ModelRow,
     NamespaceRow,
     RegisteredRow,
-    RejectionRow,
     RunRow,
     VersionRow,
 )
@@ -69,9 +66,6 @@ class ReadModel:
         row: NamespaceRow | None = self.get(NAMESPACES, name)
         return row
 
-    def namespaces(self) -> list[NamespaceRow]:
-        return self.where(NAMESPACES, order="name")
-
     def model(self, namespace: str, name: str) -> ModelRow | None:
         row: ModelRow | None = self.get(MODELS, namespace, name)
         return row
@@ -87,9 +81,6 @@ class ReadModel:
 
     def versions(self, namespace: str, model: str) -> list[VersionRow]:
         return self.where(VERSIONS, order="idx", namespace=namespace, model=model)
-
-    def versions_of_run(self, namespace: str, model: str, run: str) -> list[VersionRow]:
-        return self.where(VERSIONS, order="idx", namespace=namespace, model=model, run=run)
 
     # aliases
 
@@ -132,6 +123,14 @@ class ReadModel:
 
     def links(self, namespace: str, registered: str) -> list[LinkRow]:
         return self.where(LINKS, order="seq", namespace=namespace, registered=registered)
+
+    def last_link(self, namespace: str, registered: str) -> LinkRow | None:
+        """The link made last (the registered model's ``latest``)."""
+        found = self.query.one(
+            _select(LINKS, ("namespace", "registered"), "seq DESC") + " LIMIT 1",
+            (namespace, registered),
+        )
+        return None if found is None else LinkRow._make(found)
 
     def link_seq(self, namespace: str, registered: str, seq: int) -> LinkRow | None:
         found = self.where(LINKS, namespace=namespace, registered=registered, seq=seq)
@@ -188,15 +187,6 @@ class ReadModel:
             from_idx=target.index,
         )
 
-    # bookkeeping
-
-    def rejections(self) -> list[RejectionRow]:
-        return self.where(REJECTIONS, order="partition, position")
-
-    def checkpoint(self, name: str = "projections", partition: str = "") -> int:
-        row = self.get(CHECKPOINTS, name, partition)
-        return 0 if row is None else int(row.position)
-
     # references
 
     def resolve(self, ref: Ref) -> Target:
@@ -235,8 +225,7 @@ class ReadModel:
         name = f"{registered.namespace}/{registered.name}"
         link: LinkRow | None
         if ref.selector == LATEST:
-            links = self.links(registered.namespace, registered.name)
-            link = links[-1] if links else None
+            link = self.last_link(registered.namespace, registered.name)
             if link is None:
                 raise NotFound(f"registered model {name} has no linked versions")
         elif (index := version_index(ref.selector)) is not None:

@@ -287,23 +287,27 @@ class Evaluation:
 LatestEpoch = Literal["latest"]
 
 
-def _rows(
-    query: Query, namespace: str, model: str, run: str, dataset_type: str | None
+def epoch_rows(
+    query: Query,
+    namespace: str,
+    model: str,
+    run: str,
+    dataset_type: str | None = None,
+    *,
+    stored_epoch: int | None = None,
 ) -> list[EpochRow]:
+    """The run's epoch rows (of one dataset type, or all; of one epoch by its stored key
+    ``epoch_key(n_epoch)``, or all), in recording order."""
     sql = f"SELECT {', '.join(EPOCHS.columns)} FROM epochs WHERE namespace = ? AND model = ? "
     sql += "AND run = ?"
     params: list[Any] = [namespace, model, run]
     if dataset_type is not None:
         sql += " AND dataset_type = ?"
         params.append(dataset_type)
+    if stored_epoch is not None:
+        sql += " AND n_epoch = ?"
+        params.append(stored_epoch)
     return [EpochRow._make(r) for r in query.rows(sql + " ORDER BY first_seq", params)]
-
-
-def epoch_rows(
-    query: Query, namespace: str, model: str, run: str, dataset_type: str | None = None
-) -> list[EpochRow]:
-    """The run's epoch rows (of one dataset type, or all), in recording order."""
-    return _rows(query, namespace, model, run, dataset_type)
 
 
 def latest_epoch(
@@ -343,8 +347,7 @@ def evaluate(
             f"n_epoch {n_epoch!r} is invalid: use an integer >= 0, None (data recorded "
             "without an epoch) or 'latest'"
         )
-    stored = epoch_key(n_epoch)
-    rows = [r for r in _rows(query, namespace, model, run, dataset_type) if r.n_epoch == stored]
+    rows = epoch_rows(query, namespace, model, run, dataset_type, stored_epoch=epoch_key(n_epoch))
     if not rows:
         which = "" if dataset_type is None else f" of dataset type {dataset_type!r}"
         raise NotFound(
