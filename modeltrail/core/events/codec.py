@@ -88,9 +88,6 @@ class Codec:
     def fingerprint_of(self, type_: str) -> bytes:
         return self._writer(type_)[0]
 
-    def knows(self, fingerprint_: bytes) -> bool:
-        return fingerprint_ in self._by_fingerprint
-
     def encode(self, type_: str, data: Mapping[str, Any]) -> tuple[bytes, bytes]:
         """Returns (writer fingerprint, payload bytes)."""
         fp, parsed = self._writer(type_)

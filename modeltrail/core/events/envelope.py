@@ -68,10 +68,6 @@ class Event:
     appended_at: int = 0
 
     @property
-    def recorded(self) -> datetime:
-        return to_datetime(self.recorded_at)
-
-    @property
     def data(self) -> dict[str, Any]:
         """The decoded payload (decoded on each access; keep the result if reused)."""
         from modeltrail.core.events.codec import default_codec

@@ -8,9 +8,7 @@ from modeltrail.core.projections.fold import Projection
 from modeltrail.core.projections.lineage import LINEAGE
 from modeltrail.core.projections.promotion import PROMOTION
 from modeltrail.core.projections.registry import REGISTRY
-from modeltrail.core.projections.state import Spec
 from modeltrail.core.projections.streams import STREAMS
-from modeltrail.core.projections.tables import CHECKPOINTS, REJECTIONS
 from modeltrail.core.projections.webhooks import WEBHOOK_PROJECTION
 
 
@@ -25,8 +23,3 @@ def default_projections() -> list[Projection]:
         PROMOTION,
         WEBHOOK_PROJECTION,
     ]
-
-
-def bookkeeping_specs() -> list[Spec]:
-    """Tables the runner keeps beside the projections' own."""
-    return [CHECKPOINTS, REJECTIONS]

@@ -49,10 +49,6 @@ class Folder:
                 if type_ != ANY_TYPE:
                     self._by_type.setdefault(type_, []).append(handler)
 
-    @property
-    def handled_types(self) -> frozenset[str]:
-        return frozenset(self._by_type)
-
     def apply(self, state: State, event: Event) -> None:
         handlers = self._by_type.get(event.type, ())
         data = self.codec.decode(event) if handlers else {}

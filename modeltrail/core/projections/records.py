@@ -296,14 +296,12 @@ class MirrorLog(EventLog):
         after: int,
         until: int,
         where: LogFilter,
-        *,
-        accepted_only: bool = True,
     ) -> Iterator[Event]:
+        """The accepted events of one partition with ``after < position <= until``."""
         filter_sql, params = _filter_sql(where)
-        status = " AND status = 'accepted'" if accepted_only else ""
         sql = (
             f"SELECT {', '.join(LOG_EVENTS.columns)} FROM log_events WHERE partition = ? "
-            f"AND position > ? AND position <= ?{status}{filter_sql} "
+            f"AND position > ? AND position <= ? AND status = 'accepted'{filter_sql} "
             f"ORDER BY position LIMIT {self.PAGE}"
         )
         position = after
