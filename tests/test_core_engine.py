@@ -19,8 +19,9 @@ from modeltrail.core.engine import Engine
 from modeltrail.core.events.envelope import Event
 from modeltrail.core.events.kafka_log import KafkaLog, Record, encode_record, position_of
 from modeltrail.core.kafka_engine import KafkaEngine
-from modeltrail.core.projections.tables import CHECKPOINTS, CheckpointRow
+from modeltrail.core.projections.tables import CHECKPOINTS, CheckpointRow, VersionRow
 from modeltrail.core.readmodel import ReadModel
+from modeltrail.core.refs import Target
 from modeltrail.errors import (
     AlreadyExists,
     ConcurrencyConflict,
@@ -218,3 +219,22 @@ def test_a_projection_database_serves_one_log_of_one_kind(kafka_engine: KafkaEng
     with pytest.raises(InvalidInput, match="prefix 'core', not 'other'"):
         other.prepare()
     other.database.dispose()
+
+
+def test_a_projection_of_an_older_shape_is_recreated_and_refolded(engine: Engine) -> None:
+    """The rows' shape is part of the stored fingerprint: tables of an older shape (here a
+    column the version rows no longer have) are dropped, recreated and folded again."""
+    engine.write(
+        lambda b: cmd.log_version(b, "team", "m", [cmd.FileEntry("w", 1, "0" * 64)]),
+        actor="alice",
+    )
+    with engine.database.transaction() as tx:
+        tx.run("ALTER TABLE versions ADD COLUMN file_count INTEGER")
+        tx.run("UPDATE modeltrail_meta SET value = 'older' WHERE key = 'projections'")
+    reopened = Engine(Database(engine.database.url))
+    reopened.prepare()
+    reader = reopened.database.reader()
+    columns = [row[1] for row in reader.rows("PRAGMA table_info(versions)")]
+    assert columns == list(VersionRow._fields)
+    assert ReadModel(reader).version(Target("team", "m", 0)) is not None
+    reopened.close()

@@ -44,8 +44,6 @@ class AliasHeldRow(NamedTuple):
     target_namespace: str
     target_model: str
     target_idx: int
-    first_position: int
-    first_at: int
 
 
 class OverrideRow(NamedTuple):
@@ -155,7 +153,7 @@ def alias_moved(state: State, e: Event, d: Data) -> None:
         state.delete(OVERRIDES, (e.namespace, kind, owner, alias))
     key = (e.namespace, kind, owner, alias, *target)
     if state.get(ALIAS_HELD, key) is None:
-        state.put(ALIAS_HELD, AliasHeldRow(*key, e.position, e.recorded_at))
+        state.put(ALIAS_HELD, AliasHeldRow(*key))
 
 
 def alias_removed(state: State, e: Event, d: Data) -> None:

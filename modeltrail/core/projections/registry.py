@@ -121,8 +121,6 @@ def version_logged(state: State, e: Event, d: Data) -> None:
             d["index"],
             d["digest"],
             dumps(files),
-            len(files),
-            sum(size for _, size, _ in files),
             d["metadata"],
             d["run"],
             d["epoch"],
@@ -191,7 +189,7 @@ def registered_created(state: State, e: Event, d: Data) -> None:
         )
     state.put(
         REGISTERED,
-        RegisteredRow(ns, name, d["description"], dumps(d["tags"]), 0, 0, e.recorded_at, e.actor),
+        RegisteredRow(ns, name, d["description"], dumps(d["tags"]), 0, e.recorded_at, e.actor),
     )
 
 
@@ -207,22 +205,18 @@ def version_linked(state: State, e: Event, d: Data) -> None:
         # Versions of other namespaces may sit in another partition of the log; the
         # command checked that they exist, and versions are never deleted.
         _version(state, e.namespace, d["model"], d["index"])
-    state.put(
-        REGISTERED,
-        registered._replace(link_count=registered.link_count + 1, next_seq=registered.next_seq + 1),
-    )
+    state.put(REGISTERED, registered._replace(next_seq=registered.next_seq + 1))
     state.put(LINKS, LinkRow(*key, registered.next_seq, e.recorded_at, e.actor, e.position))
 
 
 def version_unlinked(state: State, e: Event, d: Data) -> None:
-    registered = _registered(state, e.namespace, d["registered"])
+    _registered(state, e.namespace, d["registered"])  # NotFound unless it exists
     key = (e.namespace, d["registered"], d["model_namespace"], d["model"], d["index"])
     if state.get(LINKS, key) is None:
         raise NotFound(
             f"{d['model_namespace']}/{d['model']}:v{d['index']} is not linked to "
             f"{e.namespace}/{d['registered']}"
         )
-    state.put(REGISTERED, registered._replace(link_count=registered.link_count - 1))
     state.delete(LINKS, key)
 
 

@@ -42,8 +42,6 @@ class VersionRow(NamedTuple):
     idx: int
     digest: str
     files: str
-    file_count: int
-    size: int
     metadata: str
     run: str | None
     epoch: int | None
@@ -89,7 +87,6 @@ class RegisteredRow(NamedTuple):
     name: str
     description: str | None
     tags: str
-    link_count: int
     next_seq: int
     created_at: int
     created_by: str
