@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modeltrail.core import commands as cmd
+from modeltrail.core.batch import Batch
 from modeltrail.core.db import Database
 from modeltrail.core.engine import Engine
 from modeltrail.core.events.chain import check_chains
 from modeltrail.core.events.codec import default_codec
 from modeltrail.core.events.envelope import Draft, Event
+from modeltrail.core.events.log import poll_tail
 from modeltrail.core.events.seal import Sealer
 from modeltrail.core.events.sql_log import SqlLog
 from modeltrail.errors import ConcurrencyConflict
@@ -41,12 +43,17 @@ def _sealed_onto(log: SqlLog, type_: str, stream: str, data: dict[str, Any]) -> 
     )
 
 
+def _emitted(engine: Engine, decide: Callable[[Batch], object]) -> list[Event]:
+    def run(b: Batch) -> list[Event]:
+        decide(b)
+        return list(b.events)
+
+    return engine.dry_run(run, actor="alice")
+
+
 def test_the_log_and_verify_state_one_claim_rule(engine: Engine) -> None:
     engine.write(lambda b: cmd.create_model(b, "team", "m"), actor="alice")
-    stale = engine.dry_run(
-        lambda b: (cmd.set_tags(b, "model", "team", "m", None, {"a": "1"}), b.events)[1],
-        actor="alice",
-    )
+    stale = _emitted(engine, lambda b: cmd.set_tags(b, "model", "team", "m", None, {"a": "1"}))
     engine.write(lambda b: cmd.set_tags(b, "model", "team", "m", None, {"b": "2"}), actor="alice")
     with pytest.raises(ConcurrencyConflict) as refused:
         engine.log.append(stale)
@@ -103,9 +110,7 @@ def test_a_retry_overlapping_its_first_copy_returns_the_first_positions(
     engine = Engine(Database(pg_database))
     engine.prepare()
     try:
-        batch = engine.dry_run(
-            lambda b: (cmd.create_model(b, "team", "m"), b.events)[1], actor="alice"
-        )
+        batch = _emitted(engine, lambda b: cmd.create_model(b, "team", "m"))
         outcome: list[Any] = []
 
         def retry() -> None:
@@ -128,3 +133,15 @@ def test_a_retry_overlapping_its_first_copy_returns_the_first_positions(
         assert [e.position for e in outcome[0]] == [e.position for e in first] == [1, 2]
     finally:
         engine.close()
+
+
+def test_a_tail_stops_once_the_log_has_not_moved_for_idle_s() -> None:
+    answers: list[list[Event] | None] = [[], [], None, []]  # []: moved, nothing wanted
+    calls: list[int] = []
+
+    def fetch() -> list[Event] | None:
+        calls.append(1)
+        return answers[len(calls) - 1]
+
+    assert list(poll_tail(fetch, idle_s=0, poll_s=0)) == []
+    assert len(calls) == 3  # the first call that found the log unmoved ends it

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modeltrail.core.events.envelope import EMPTY_STREAM, Event, StreamHead
-from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter
+from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter, poll_tail
 from modeltrail.errors import IntegrityError, InvalidInput, InvalidName, LogUnavailable
 
 INDEX_BITS = 20
@@ -458,18 +458,20 @@ class KafkaLog(EventLog):
                     consumer.seek_to_end(tp)
                 else:
                     consumer.seek(tp, offset_of(after))
-            idle_since = time.monotonic()
-            while idle_s is None or time.monotonic() - idle_since < idle_s:
+
+            def fetch() -> Iterator[Event] | None:
                 batch = self._call(lambda: consumer.poll(timeout_ms=100), "cannot read")
-                for tp, found in batch.items():
-                    idle_since = time.monotonic()
-                    for message in found:
-                        record = self.record(
-                            tps[tp], message.offset, message.timestamp, message.value
-                        )
-                        for event in record.events:
-                            if (after is None or event.position > after) and where.matches(event):
-                                yield event
+                if not batch:
+                    return None
+                return (
+                    event
+                    for tp, found in batch.items()
+                    for m in found
+                    for event in self.record(tps[tp], m.offset, m.timestamp, m.value).events
+                    if (after is None or event.position > after) and where.matches(event)
+                )
+
+            yield from poll_tail(fetch, idle_s=idle_s, poll_s=0)  # poll waits by itself
         finally:
             consumer.close()
 

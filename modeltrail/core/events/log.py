@@ -18,7 +18,8 @@ log (``core/projections/records.py``), whose ``append`` waits for that verdict.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,3 +103,22 @@ class EventLog(abc.ABC):
         """Recomputes every stream's hash chain (of ``events``, else of the whole log);
         returns the events checked and the first break of each stream."""
         return check_chains(self.read() if events is None else events)
+
+
+def poll_tail(
+    fetch: Callable[[], Iterable[Event] | None], *, idle_s: float | None, poll_s: float
+) -> Iterator[Event]:
+    """The loop of every ``tail``: ``fetch`` returns the events (those the tail wants)
+    appended since its last call, or None when the log has not moved. The tail stops
+    after ``idle_s`` without a move (None: never) and sleeps ``poll_s`` after a call that
+    found nothing (0 for a ``fetch`` that waits by itself)."""
+    idle_since = time.monotonic()
+    while True:
+        fresh = fetch()
+        if fresh is not None:
+            yield from fresh
+            idle_since = time.monotonic()
+        elif idle_s is not None and time.monotonic() - idle_since >= idle_s:
+            return
+        elif poll_s:
+            time.sleep(poll_s)

@@ -15,7 +15,6 @@ its batch against stream heads read under the write lock skips that check.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from modeltrail.core.db import Database, Query, Row, Tx
 from modeltrail.core.events.chain import claim_problem
 from modeltrail.core.events.envelope import EMPTY_STREAM, Clock, Event, StreamHead, system_clock
-from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter
+from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter, poll_tail
 from modeltrail.errors import ConcurrencyConflict, IntegrityError, ModeltrailError
 
 if TYPE_CHECKING:
@@ -216,17 +215,16 @@ class SqlLog(EventLog):
         poll_s: float = 0.005,
     ) -> Iterator[Event]:
         position = self.head() if after is None else after
-        idle_since = time.monotonic()
-        while True:
-            head = self.head()
-            if head > position:
-                yield from self.read(after=position, until=head, where=where)
-                position = head
-                idle_since = time.monotonic()
-            elif idle_s is not None and time.monotonic() - idle_since >= idle_s:
-                return
-            else:
-                time.sleep(poll_s)
+
+        def fetch() -> Iterator[Event] | None:
+            nonlocal position
+            head, start = self.head(), position
+            if head <= start:
+                return None
+            position = head
+            return self.read(after=start, until=head, where=where)
+
+        yield from poll_tail(fetch, idle_s=idle_s, poll_s=poll_s)
 
     def head(self, query: Query | None = None) -> int:
         row = (query or self.database.reader()).one("SELECT MAX(position) FROM events")

@@ -19,14 +19,13 @@ row is written from two partitions, so the order between partitions does not mat
 from __future__ import annotations
 
 import heapq
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from modeltrail.core.db import Database, Query, Row
 from modeltrail.core.events.envelope import EMPTY_STREAM, Event, StreamHead
 from modeltrail.core.events.kafka_log import Record
-from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter
+from modeltrail.core.events.log import NO_FILTER, EventLog, LogFilter, poll_tail
 from modeltrail.core.events.sql_log import _filter_sql, _row, event_from_row
 from modeltrail.core.projections.runner import Runner
 from modeltrail.core.projections.state import MemoryState, Spec, State
@@ -263,24 +262,24 @@ class MirrorLog(EventLog):
         poll_s: float = 0.01,
     ) -> Iterator[Event]:
         seen = self.bounds() if after is None else {}
-        idle_since = time.monotonic()
-        while True:
-            now = self.bounds()
-            fresh = False
-            for partition, bound in sorted(now.items()):
-                start = seen.get(partition, after or 0)
-                if bound > start:
-                    yield from self._partition(
-                        self.database.reader(), partition, start, bound, where
-                    )
-                    seen[partition] = bound
-                    fresh = True
-            if fresh:
-                idle_since = time.monotonic()
-            elif idle_s is not None and time.monotonic() - idle_since >= idle_s:
-                return
-            else:
-                time.sleep(poll_s)
+
+        def fetch() -> Iterator[Event] | None:
+            moved = {
+                p: (seen.get(p, after or 0), bound)
+                for p, bound in sorted(self.bounds().items())
+                if bound > seen.get(p, after or 0)
+            }
+            if not moved:
+                return None
+            seen.update((p, bound) for p, (_, bound) in moved.items())
+            reader = self.database.reader()
+            return (
+                event
+                for p, (start, bound) in moved.items()
+                for event in self._partition(reader, p, start, bound, where)
+            )
+
+        yield from poll_tail(fetch, idle_s=idle_s, poll_s=poll_s)
 
     def head(self, query: Query | None = None) -> int:
         """The largest position of any partition: as ``until`` it includes every event."""
