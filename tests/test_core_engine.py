@@ -238,3 +238,24 @@ def test_a_projection_of_an_older_shape_is_recreated_and_refolded(engine: Engine
     assert columns == list(VersionRow._fields)
     assert ReadModel(reader).version(Target("team", "m", 0)) is not None
     reopened.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_snapshot_sees_one_committed_state(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'trail.db'}"
+        if kind == "sqlite"
+        else request.getfixturevalue("pg_database")
+    )
+    made = Engine(Database(url))
+    made.prepare()
+    try:
+        with made.database.snapshot() as query:
+            before = query.one("SELECT COUNT(*) FROM namespaces")
+            made.write(lambda b: cmd.ensure_namespace(b, "team"), actor="alice")
+            assert query.one("SELECT COUNT(*) FROM namespaces") == before
+        assert made.database.reader().one("SELECT COUNT(*) FROM namespaces") == (1,)
+    finally:
+        made.close()
