@@ -35,8 +35,9 @@ from tests.services import require_package
 
 @contextmanager
 def log_locked(home: Path) -> Iterator[None]:
-    """Another process holds the database's write lock (as a long transaction would)."""
-    holder = sqlite3.connect(home / "trail.db", isolation_level=None, timeout=0)
+    """Another process holds the database's write lock (as a long transaction would).
+    Taking it waits for a write in progress (a tracer's recording thread may be in one)."""
+    holder = sqlite3.connect(home / "trail.db", isolation_level=None, timeout=60)
     holder.execute("BEGIN EXCLUSIVE")
     try:
         yield
