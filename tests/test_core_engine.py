@@ -7,8 +7,10 @@ batches and given to ``KafkaEngine.apply`` as a projector worker would.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -259,3 +261,36 @@ def test_a_snapshot_sees_one_committed_state(
         assert made.database.reader().one("SELECT COUNT(*) FROM namespaces") == (1,)
     finally:
         made.close()
+
+
+def test_a_kafka_command_reads_each_projection_row_once(
+    kafka_engine: KafkaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka_engine.apply(
+        [_record(_sealed(kafka_engine, lambda b: cmd.create_model(b, "team", "m")), 0)]
+    )
+    asked: list[tuple[str, tuple[object, ...]]] = []
+    snapshot = kafka_engine.database.snapshot
+
+    @contextlib.contextmanager
+    def counted() -> Iterator[Any]:
+        with snapshot() as query:
+
+            class Counting:
+                def rows(self, sql: str, params: Sequence[Any] = ()) -> Any:
+                    asked.append((sql, tuple(params)))
+                    return query.rows(sql, params)
+
+                def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+                    asked.append((sql, tuple(params)))
+                    return query.one(sql, params)
+
+            yield Counting()
+
+    monkeypatch.setattr(kafka_engine.database, "snapshot", counted)
+    files = [cmd.FileEntry("w", 1, "0" * 64)]
+    kafka_engine.dry_run(
+        lambda b: cmd.log_version(b, "team", "m", files, aliases=["a"]), actor="al"
+    )
+    assert asked
+    assert len(asked) == len(set(asked)), sorted(asked)
