@@ -90,7 +90,7 @@ def test_a_locked_log_mid_training_loses_and_duplicates_nothing(
     trainer: mt.Registry, home: Path
 ) -> None:
     run = trainer.run("m", "r", config={"lr": 0.1})
-    spool = spool_of(trainer)
+    spool = spool_of(trainer.settings)
     sent: list[list[int]] = []
     written = []
     for step in range(12):
@@ -123,7 +123,7 @@ def test_spooled_events_keep_the_time_they_were_made(
         made_at = clock.now
         submit_batch(trainer, run, [1, 2])
         clock.advance(3600)
-    spool_of(trainer).flush(trainer)
+    spool_of(trainer.settings).flush(trainer)
     (event,) = trainer.events(types=["InferenceBatchRecorded"])
     assert made_at < event.recorded_at < made_at + 1_000_000
     assert event.appended_at >= made_at + 3_600_000_000  # landed an hour later
@@ -154,7 +154,7 @@ def test_the_tracer_trains_on_while_the_log_is_locked(trainer: mt.Registry, home
             sent.append(ids)
     assert recorded_ids(trainer) == sent
     assert Evaluator("m", "r", trainer).request_evaluation("latest").n_samples == 25
-    assert not spool_of(trainer).has_pending()
+    assert not spool_of(trainer.settings).has_pending()
 
 
 def test_a_run_opened_while_the_log_is_locked(trainer: mt.Registry, home: Path) -> None:
@@ -164,7 +164,7 @@ def test_a_run_opened_while_the_log_is_locked(trainer: mt.Registry, home: Path) 
         assert submit_batch(trainer, run, [1, 2, 3]) is False
         run.log_metrics({"loss": 1.0}, step=0)
         run.finish()
-    report = spool_of(trainer).flush(trainer)
+    report = spool_of(trainer.settings).flush(trainer)
     assert (report.flushed, report.rejected) == (4, 0)
     info = trainer.run_info("m", "r")
     assert (info.status, trainer.model("m").arch_hash) == ("finished", "abc")
@@ -189,8 +189,8 @@ def test_writes_made_while_entries_wait_are_spooled_behind_them(
     assert run.log_metrics({"loss": 1.0}, step=1) is False
     other = open_run(trainer, "m", "other")  # opened after what waits: behind it too
     assert other.resumed is None and other.opened_by is not None
-    assert spool_of(trainer).status().pending == 5
-    assert spool_of(trainer).flush(trainer) == FlushReport(5, 0)
+    assert spool_of(trainer.settings).status().pending == 5
+    assert spool_of(trainer.settings).flush(trainer) == FlushReport(5, 0)
     assert [e.type for e in trainer.events(stream="run:team/m/r")] == [
         "RunStarted",
         "VersionConsumed",
@@ -210,14 +210,14 @@ def test_a_changed_config_is_refused_offline_when_the_registry_can_be_read(
     trainer.run("m", "r", config={"lr": 0.1})
     with log_locked(home), pytest.raises(mt.errors.RunConfigConflict, match="new run name"):
         open_run(trainer, "m", "r", config={"lr": 0.5})
-    assert not spool_of(trainer).has_pending()
+    assert not spool_of(trainer.settings).has_pending()
 
 
 def test_an_opening_refused_at_flush_takes_its_writes_with_it(
     trainer: mt.Registry, home: Path
 ) -> None:
     trainer.run("m", "r", config={"lr": 0.1})
-    spool = spool_of(trainer)
+    spool = spool_of(trainer.settings)
     outbox = outbox_for(trainer)
     opening = outbox.entry(
         "open_run",
@@ -263,7 +263,7 @@ def test_a_flush_whose_outcome_was_lost_is_resent_not_duplicated(
     trainer: mt.Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = trainer.run("m", "r")
-    spool = spool_of(trainer)
+    spool = spool_of(trainer.settings)
     for n in range(3):
         spool.append(
             [
@@ -301,7 +301,7 @@ def test_a_flush_that_did_not_land_is_sent_again_once(
     trainer: mt.Registry, monkeypatch: pytest.MonkeyPatch, others_wrote: bool
 ) -> None:
     run = trainer.run("m", "r")
-    spool = spool_of(trainer)
+    spool = spool_of(trainer.settings)
     spool.append(
         [
             outbox_for(trainer).entry(
@@ -334,7 +334,7 @@ def test_a_resent_chunk_a_rule_now_refuses_is_sealed_again_and_rejected(
     trainer: mt.Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trainer.run("m", "r")
-    spool = spool_of(trainer)
+    spool = spool_of(trainer.settings)
     outbox = outbox_for(trainer)
     opening = outbox.entry(
         "open_run",
@@ -371,7 +371,7 @@ def test_a_chunk_a_slow_projector_has_not_decided_stays_in_flight(
     """On Kafka a write may return ProjectionTimeout: the chunk is in the log, undecided.
     It is neither rejected nor retried entry by entry; the next flush re-sends it."""
     run = trainer.run("m", "r")
-    spool = spool_of(trainer)
+    spool = spool_of(trainer.settings)
     outbox = outbox_for(trainer)
 
     def spool_batches(ids: list[int]) -> None:
@@ -429,7 +429,7 @@ def test_event_ids_come_from_the_entry(trainer: mt.Registry) -> None:
 
 def test_a_torn_line_is_set_aside_and_the_rest_flushed(trainer: mt.Registry) -> None:
     run = trainer.run("m", "r")
-    spool = spool_of(trainer)
+    spool = spool_of(trainer.settings)
     spool.directory.mkdir(parents=True, exist_ok=True)
     spool.entries_path.write_bytes(b'{"id": "torn by a cr')
     submit_batch(trainer, run, [1])  # appended after the torn line, then flushed
@@ -469,7 +469,7 @@ def test_a_checkpoint_logged_while_the_log_is_locked(
     with log_locked(home):
         assert log_model(trainer, model, "m", run=run, epoch=1, aliases=["best"]) is None
     assert len(stored) == 1  # the weights are stored once, then the version spooled
-    spool_of(trainer).flush(trainer)
+    spool_of(trainer.settings).flush(trainer)
     version = trainer.get("m:best")
     assert (version.label, version.run, version.epoch) == ("v0", "r", 1)
     restored = load_model(trainer, "m:best", torch.nn.Linear(4, 2))
@@ -490,7 +490,7 @@ def test_what_a_checkpoint_breaks_is_refused_offline_by_the_command_itself(
         with pytest.raises(mt.errors.InvalidName, match="alias"):
             log_model(trainer, torch.nn.Linear(4, 2), "m", run=offline, aliases=["Bad Alias"])
         assert log_model(trainer, torch.nn.Linear(4, 2), "m", run=offline, epoch=1) is None
-    assert spool_of(trainer).flush(trainer) == FlushReport(2, 0)
+    assert spool_of(trainer.settings).flush(trainer) == FlushReport(2, 0)
     assert (trainer.get("m:v1").run, trainer.get("m:v1").epoch) == ("r", 1)
 
 
@@ -516,7 +516,7 @@ def test_spool_status_and_flush_from_the_shell(trainer: mt.Registry, home: Path)
 
 def test_a_spool_that_needs_a_person_warns_and_training_goes_on(trainer: mt.Registry) -> None:
     run = trainer.run("m", "r")
-    spool = spool_of(trainer)
+    spool = spool_of(trainer.settings)
     spool.append(
         [
             outbox_for(trainer).entry(

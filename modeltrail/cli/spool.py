@@ -3,20 +3,21 @@ unreachable (see ``modeltrail.producers.spool``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from modeltrail.cli import _echo_json, _registry, _table, _when, json_option, main
 
-
-def _spool(ctx: click.Context) -> Any:
-    from modeltrail.config import Settings
+if TYPE_CHECKING:
     from modeltrail.producers.spool import Spool
 
-    options = {k: v for k, v in ctx.obj.items() if k != "home"}
-    settings = Settings.resolve(ctx.obj.get("home"), **options)
-    return Spool(settings.home / "spool", durable=settings.durability == "full")
+
+def _spool(ctx: click.Context) -> Spool:
+    from modeltrail.config import Settings
+    from modeltrail.producers.spool import spool_of
+
+    return spool_of(Settings.resolve(**ctx.obj))
 
 
 @main.group()

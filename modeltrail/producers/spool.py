@@ -75,6 +75,7 @@ except ImportError:  # pragma: no cover - Windows: one process per home, threads
     fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
+    from modeltrail.config import Settings
     from modeltrail.producers.run import Run
     from modeltrail.registry import Registry
 
@@ -631,9 +632,8 @@ _OUTBOXES: weakref.WeakKeyDictionary[Registry, Outbox] = weakref.WeakKeyDictiona
 _OUTBOXES_LOCK = threading.Lock()
 
 
-def spool_of(registry: Registry) -> Spool:
-    """The spool of a registry's home."""
-    settings = registry.settings
+def spool_of(settings: Settings) -> Spool:
+    """The spool of a home: ``<home>/spool`` (``registry.settings``, or the CLI's)."""
     return Spool(Path(settings.home) / "spool", durable=settings.durability == "full")
 
 
@@ -642,7 +642,7 @@ def outbox_for(registry: Registry) -> Outbox:
     with _OUTBOXES_LOCK:
         outbox = _OUTBOXES.get(registry)
         if outbox is None:
-            outbox = Outbox(registry, spool_of(registry))
+            outbox = Outbox(registry, spool_of(registry.settings))
             _OUTBOXES[registry] = outbox
         return outbox
 
