@@ -4,9 +4,11 @@ trainer meets them, weights round trips, and the tracer's numbers."""
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 import modeltrail as mt  # noqa: E402
+from modeltrail.core.projections.epochs import unpack  # noqa: E402
 from modeltrail.errors import (  # noqa: E402
     ArchitectureMismatch,
     InvalidInput,
@@ -280,7 +283,7 @@ def test_the_tracer_keeps_no_autograd_graph_alive(
     tracer = tracer_for(tracers, small_cnn(), reg, background=False)
     kept: list[object] = []
     record = tracer._record
-    monkeypatch.setattr(tracer, "_record", lambda traced: (kept.append(traced), record(traced)))
+    monkeypatch.setattr(tracer, "_record", lambda batches: (kept.extend(batches), record(batches)))
     x, y = data()
     out = tracer(x, y)
     assert out.grad_fn is not None  # the trainer still gets its graph
@@ -431,10 +434,77 @@ def test_a_batch_over_the_event_limit_is_split_in_order(
 
     monkeypatch.setattr(integration, "MAX_EVENT_SAMPLES", 4)
     tracer = tracer_for(tracers, small_cnn(), reg, background=False)
+    writes = count_writes(reg, monkeypatch)
     tracer(*data(10), input_ids=torch.arange(10), n_epoch=0)
     events = list(reg.events(types=["InferenceBatchRecorded"]))
     assert [e.data["n_samples"] for e in events] == [4, 4, 2]
+    assert len(writes) == 1  # the parts of one batch are written together
     assert Evaluator("cnn", "v1", reg).request_evaluation(0).n_samples == 10
+
+
+def test_batches_waiting_for_the_recorder_go_in_one_write(
+    reg: mt.Registry, tracers: list[ClassificationTracer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracer = tracer_for(tracers, small_cnn(), reg)
+    started, release = threading.Event(), threading.Event()
+    writes = count_writes(reg, monkeypatch, started=started, release=release)
+    try:
+        tracer(*data(2), input_ids=[0, 1], n_epoch=0)
+        assert started.wait(60)  # the recorder is in its first write
+        for step in range(1, 6):
+            tracer(*data(2), input_ids=[2 * step, 2 * step + 1], n_epoch=0)
+    finally:
+        release.set()
+    tracer.flush()
+    assert len(writes) == 2  # the first batch, then the five that waited meanwhile
+    events = list(reg.events(types=["InferenceBatchRecorded"]))
+    assert [list(unpack("q", e.data["input_ids"])) for e in events] == [
+        [2 * i, 2 * i + 1] for i in range(6)
+    ]
+
+
+def test_a_bad_batch_among_waiting_ones_keeps_the_others(
+    reg: mt.Registry, tracers: list[ClassificationTracer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracer = tracer_for(tracers, small_cnn(), reg)
+    started, release = threading.Event(), threading.Event()
+    count_writes(reg, monkeypatch, started=started, release=release)
+    try:
+        tracer(*data(2), input_ids=[0, 1], n_epoch=0)
+        assert started.wait(60)
+        tracer(data(2)[0], torch.tensor([0, 7]), input_ids=[2, 3], n_epoch=0)
+        tracer(*data(2), input_ids=[4, 5], n_epoch=0)
+    finally:
+        release.set()
+    with pytest.raises(InvalidInput, match="classes are 0 to 2"):
+        tracer.flush()
+    events = list(reg.events(types=["InferenceBatchRecorded"]))
+    assert [list(unpack("q", e.data["input_ids"])) for e in events] == [[0, 1], [4, 5]]
+
+
+def count_writes(
+    reg: mt.Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    started: threading.Event | None = None,
+    release: threading.Event | None = None,
+) -> list[int]:
+    """The registry's writes, each as its number of events; with ``started`` and
+    ``release``, the first write signals ``started`` and waits for ``release``."""
+    engine = reg._require_engine()
+    write = engine.write
+    writes: list[int] = []
+
+    def counted(decide: Any, *, actor: str) -> Any:
+        if started is not None and release is not None and not writes:
+            started.set()
+            release.wait()
+        result, events = write(decide, actor=actor)
+        writes.append(len(events))
+        return result, events
+
+    monkeypatch.setattr(engine, "write", counted)
+    return writes
 
 
 def test_each_new_model_name_takes_one_of_the_quota(

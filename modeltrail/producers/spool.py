@@ -590,26 +590,36 @@ class Outbox:
         refusal by a rule (``RunConfigConflict`` …) is raised as usual; before an entry
         is spooled, ``check`` (a command's decide, see ``offline_check``) runs on the
         committed projection, so what can be refused offline still raises here."""
+        results = self.submit_many([entry], check=check)
+        return None if results is None else Written(results[0])
+
+    def submit_many(
+        self, entries: Sequence[Entry], *, check: Check | None = None
+    ) -> list[Any] | None:
+        """Writes the entries in one write (one transaction; on Kafka one record and one
+        wait for its verdict), replaying each in order, and returns their commands'
+        results; or spools them all (None), as ``submit`` does. A refusal refuses them
+        all. On Kafka one write goes to one partition: the entries' events must too
+        (the inference batches of one run, or registry writes of one namespace)."""
         with self._lock:
             if self.spool.has_pending():
                 self._try_flush()
                 if self.spool.has_pending():
-                    self._spool(entry, check)
+                    self._spool(entries, check)
                     return None
             try:
-                result = self.registry._write(lambda b: replay(b, entry))
+                return self.registry._write(lambda b: [replay(b, e) for e in entries])
             except LogUnavailable:
-                self._spool(entry, check)
+                self._spool(entries, check)
                 self._next_try = time.monotonic() + self.retry_s
                 return None
-            return Written(result)
 
-    def _spool(self, entry: Entry, check: Check | None) -> None:
+    def _spool(self, entries: Sequence[Entry], check: Check | None) -> None:
         if check is not None:
             engine = self.registry._require_engine()
             with contextlib.suppress(LogUnavailable):  # unreadable too: decided at flush
                 engine.dry_run(check, actor=self.registry.actor)
-        self.spool.append([entry])
+        self.spool.append(entries)
 
     def _try_flush(self) -> None:
         if time.monotonic() < self._next_try:

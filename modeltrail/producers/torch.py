@@ -62,7 +62,7 @@ from modeltrail.errors import (
     NotFound,
 )
 from modeltrail.producers.run import Run
-from modeltrail.producers.spool import offline_check, open_run, outbox_for
+from modeltrail.producers.spool import Entry, offline_check, open_run, outbox_for
 
 if TYPE_CHECKING:
     from modeltrail.entities import ModelVersion
@@ -73,6 +73,12 @@ STATE_FORMAT = "torch.save state_dict"
 MAX_EVENT_SAMPLES = 65_536
 """Samples per event: a larger batch is recorded as several events (24 bytes a sample
 keeps each well under the codec's payload limit)."""
+MAX_WRITE_SAMPLES = 16 * MAX_EVENT_SAMPLES
+"""Samples per write: the recording thread writes the batches waiting for it together,
+up to this many samples (about 24 MiB of arrays, under a Kafka record's 32 MiB). A
+batch larger than this alone is written in several writes, in order."""
+MAX_WRITE_BATCHES = 64
+"""Traced batches per write, at most."""
 TRAINER_BUSY_TIMEOUT_S = 2.0
 """How long a tracer's write waits for a locked database before spooling, when the
 tracer opens its own registry."""
@@ -259,16 +265,22 @@ class _Recorder(threading.Thread):
 
     def run(self) -> None:
         while True:
-            item = self.queue.get()
+            items = [self.queue.get()]
+            while items[-1] is not None and len(items) < MAX_WRITE_BATCHES:
+                try:  # what waited meanwhile goes in the same write
+                    items.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                if item is None:
-                    return
-                self._record(item)
+                self._record([item for item in items if item is not None])
             except BaseException as exc:  # raised to the trainer on its next call
                 if self.error is None:
                     self.error = exc
             finally:
-                self.queue.task_done()
+                for _ in items:
+                    self.queue.task_done()
+            if items[-1] is None:
+                return
 
 
 _LIVE: weakref.WeakSet[ClassificationTracer] = weakref.WeakSet()
@@ -298,7 +310,10 @@ class ClassificationTracer:
     live tracer is flushed. Errors of a batch (labels out of range …) are raised by the
     next call or by ``flush()``; an ``Evaluator`` of the same run flushes live tracers
     before it reads. When the log cannot be reached, batches are spooled and training
-    goes on. Each call is one event (batches over ``MAX_EVENT_SAMPLES`` are split).
+    goes on. Each call is one event (a batch over ``MAX_EVENT_SAMPLES`` is split into
+    several, written together); the recording thread writes the batches that waited for
+    it in one write (one transaction; on Kafka one record), so it keeps up with the
+    trainer however short the batches.
     """
 
     def __init__(
@@ -461,7 +476,7 @@ class ClassificationTracer:
         if self._recorder is not None:
             self._recorder.queue.put(traced)
         else:
-            self._record(traced)
+            self._record([traced])
 
     def _ids(
         self, input_ids: Any, n: int, device: torch.device, dataset_type: str, n_epoch: int | None
@@ -492,7 +507,33 @@ class ClassificationTracer:
             )
         return None, ids.reshape(-1).astype(np.int64)
 
-    def _record(self, traced: _Traced) -> None:
+    def _record(self, batches: Sequence[_Traced]) -> None:
+        """Writes traced batches in order, as few writes as the limits allow; a batch that
+        cannot be recorded (labels out of range) is left out and its error raised after
+        the others are written."""
+        error: InvalidInput | None = None
+        group: list[Entry] = []
+        samples = 0
+        for traced in batches:
+            try:
+                entries = self._entries(traced)
+            except InvalidInput as exc:
+                error = error or exc
+                continue
+            for entry in entries:
+                n = entry.args["batch"]["n_samples"]
+                if group and samples + n > MAX_WRITE_SAMPLES:
+                    self._outbox.submit_many(group)
+                    group, samples = [], 0
+                group.append(entry)
+                samples += n
+        if group:
+            self._outbox.submit_many(group)
+        if error is not None:
+            raise error
+
+    def _entries(self, traced: _Traced) -> list[Entry]:
+        """A traced batch's entries: one per ``MAX_EVENT_SAMPLES`` samples."""
         if traced.ready is not None:
             traced.ready.synchronize()
         values = traced.host.numpy()
@@ -507,6 +548,7 @@ class ClassificationTracer:
             )
         ids = traced.input_ids if traced.input_ids is not None else values[4]
         run = self.run
+        entries = []
         for start in range(0, len(labels), MAX_EVENT_SAMPLES):
             part = slice(start, start + MAX_EVENT_SAMPLES)
             batch = {
@@ -520,14 +562,16 @@ class ClassificationTracer:
                 "losses": values[0][part].astype("<f4").tobytes(),
                 "confidences": values[1][part].astype("<f4").tobytes(),
             }
-            entry = self._outbox.entry(
-                "inference",
-                run.namespace,
-                {"model": run.model, "run": run.name, "batch": batch},
-                requires=run.opened_by,
-                at=traced.at,
+            entries.append(
+                self._outbox.entry(
+                    "inference",
+                    run.namespace,
+                    {"model": run.model, "run": run.name, "batch": batch},
+                    requires=run.opened_by,
+                    at=traced.at,
+                )
             )
-            self._outbox.submit(entry)
+        return entries
 
 
 def _describe(value: Any) -> str:
