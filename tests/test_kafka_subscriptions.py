@@ -25,8 +25,8 @@ from modeltrail.consumers.kafka_feed import KafkaFeed, subscription_group_id
 from modeltrail.consumers.subscriptions import Subscription
 from modeltrail.consumers.webhooks import Backoff, Webhooks, WebhookSender
 from modeltrail.core.events.envelope import Event
-from modeltrail.core.events.kafka_log import offset_of
-from modeltrail.errors import ConcurrencyConflict, QuotaExceeded
+from modeltrail.core.events.kafka_log import KafkaLog, offset_of
+from modeltrail.errors import ConcurrencyConflict, LogUnavailable, QuotaExceeded
 from tests.helpers import Endpoint, Team, close_ends_a_blocked_poll, drain, verify
 from tests.helpers import in_thread as _in_thread
 from tests.helpers import take as _take
@@ -395,3 +395,11 @@ def test_an_event_whose_delivery_is_recorded_is_not_sent_again_though_uncommitte
     reg.set_alias("m:v1", "production")
     _send_until(reg, lambda: len(_delivered(reg)) == 2)
     assert endpoint.ids == _production_moves(reg)  # each once: the record kept v0 unsent
+
+
+def test_a_consumer_of_a_log_whose_topics_were_never_created_is_told_to_open_it_once(
+    kafka_bootstrap: str, kafka_prefix: str
+) -> None:
+    kafka = KafkaLog(kafka_bootstrap, prefix=f"{kafka_prefix}never")
+    with pytest.raises(LogUnavailable, match="open the registry once"):
+        kafka.group_consumer(f"{kafka_prefix}group", list(kafka.topics.values()))

@@ -60,7 +60,7 @@ from modeltrail.core.events.kafka_log import (
 )
 from modeltrail.core.events.log import LogFilter
 from modeltrail.core.projections.records import ACCEPTED
-from modeltrail.errors import ConcurrencyConflict, IntegrityError, InvalidInput, LogUnavailable
+from modeltrail.errors import ConcurrencyConflict, IntegrityError, InvalidInput
 
 if TYPE_CHECKING:
     from modeltrail.core.kafka_engine import KafkaEngine
@@ -175,19 +175,22 @@ class KafkaFeed:
         self._committed: dict[str, Place] = {}
         self._sizes: dict[tuple[str, int], int] = {}
         """Event counts of released records not yet committed past."""
-        self._consumer = self._connect(session_timeout_ms)
+        settings = {
+            "client_id": f"{group_id}-member",
+            "session_timeout_ms": session_timeout_ms,
+            "max_poll_interval_ms": max_poll_interval_ms,
+        }
+        # The start is committed outside the group's generations, by a consumer that does
+        # not subscribe; the member subscribes once it is stored.
+        starter = self.kafka.group_consumer(group_id, self.topics, **settings)
         try:
-            self._starts = self._start(start)
-            self.kafka._call(
-                lambda: self._consumer.subscribe(self.topics, listener=_Listener(self)),
-                "cannot subscribe",
-            )
-            # Fresh metadata before the first join: a group leader that assigns before its
-            # metadata names the subscribed topics' partitions rebalances again at once.
-            self.kafka._call(self._consumer.topics, "cannot read topics")
-        except BaseException:
-            self._shutdown()
-            raise
+            self._starts = self._start(starter, start)
+        finally:
+            with contextlib.suppress(Exception):
+                starter.close(autocommit=False)
+        self._consumer = self.kafka.group_consumer(
+            group_id, self.topics, listener=_Listener(self), **settings
+        )
 
     # -- the Feed interface -----------------------------------------------------------
 
@@ -302,45 +305,19 @@ class KafkaFeed:
 
     # -- internals --------------------------------------------------------------------
 
-    def _connect(self, session_timeout_ms: int) -> Any:
-        from kafka import KafkaConsumer
-
-        kafka = self.kafka
-        return kafka._call(
-            lambda: KafkaConsumer(
-                bootstrap_servers=kafka.bootstrap,
-                group_id=self.group_id,
-                client_id=f"{self.group_id}-member",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",  # only where the start could not be committed
-                fetch_max_wait_ms=50,
-                session_timeout_ms=session_timeout_ms,
-                heartbeat_interval_ms=min(1000, session_timeout_ms // 3),
-                max_poll_interval_ms=self.max_poll_interval_ms,
-                request_timeout_ms=self._timeout_ms + 1000,
-            ),
-            f"cannot join consumer group {self.group_id!r}",
-        )
-
-    def _start(self, start: KafkaStart) -> dict[str, int]:
+    def _start(self, consumer: Any, start: KafkaStart) -> dict[str, int]:
         """Commits the start offset of every partition the group never committed; returns
-        those offsets by partition name."""
+        those offsets by partition name. ``consumer``: of the group, not subscribed."""
         from kafka import TopicPartition
         from kafka.errors import CommitFailedError
         from kafka.structs import OffsetAndMetadata
 
-        kafka, consumer, timeout_ms = self.kafka, self._consumer, self._timeout_ms
-        partitions = []
-        for topic in self.topics:
-            found = kafka._call(
-                lambda topic=topic: consumer.partitions_for_topic(topic), "cannot read topics"
-            )
-            if not found:
-                raise LogUnavailable(
-                    f"topic {topic!r} does not exist on {kafka.bootstrap}: open the registry "
-                    "once (it creates the topics) before subscribing"
-                )
-            partitions += [TopicPartition(topic, n) for n in sorted(found)]
+        kafka, timeout_ms = self.kafka, self._timeout_ms
+        partitions = [
+            TopicPartition(topic, n)
+            for topic in self.topics
+            for n in sorted(consumer.partitions_for_topic(topic))  # known since its check
+        ]
         fresh = []
         for tp in partitions:
             found = kafka._call(

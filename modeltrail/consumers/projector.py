@@ -71,39 +71,18 @@ class Projector:
     def run(self, *, idle_s: float | None = None) -> int:
         """Consumes and applies until stopped (or ``idle_s`` without a record); returns
         the number of records applied. Leaves the group cleanly on the way out."""
-        from kafka import KafkaConsumer
-
         kafka = self.engine.kafka
-        consumer = kafka._call(
-            lambda: KafkaConsumer(
-                bootstrap_servers=kafka.bootstrap,
-                group_id=self.group,
-                client_id=f"{self.group}-worker",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=self.max_records,
-                fetch_max_wait_ms=50,
-                # short enough that a killed worker's partitions move on soon
-                session_timeout_ms=self.session_timeout_ms,
-                heartbeat_interval_ms=min(1000, self.session_timeout_ms // 3),
-            ),
-            "cannot join the projector group",
+        seeker = _Seeker(self)
+        consumer = kafka.group_consumer(
+            self.group,
+            list(kafka.topics.values()),
+            listener=seeker,
+            client_id=f"{self.group}-worker",
+            max_poll_records=self.max_records,
+            session_timeout_ms=self.session_timeout_ms,
         )
+        seeker.consumer = consumer
         try:
-            # Know the topics' partitions before joining: a group leader that assigns
-            # without them gives nobody anything until its next metadata refresh.
-            for topic in kafka.topics.values():
-                if not kafka._call(
-                    lambda topic=topic: consumer.partitions_for_topic(topic), "cannot read topics"
-                ):
-                    raise LogUnavailable(
-                        f"topic {topic!r} does not exist on {kafka.bootstrap}: open the "
-                        "registry once (it creates the topics) before starting projectors"
-                    )
-            consumer.subscribe(list(kafka.topics.values()), listener=_Seeker(self, consumer))
-            # Fresh metadata before the first join: a group leader that assigns before its
-            # metadata arrives assigns nothing and the group rebalances again at once.
-            kafka._call(consumer.topics, "cannot read topics")
             idle_since = time.monotonic()
             while not self._stop.is_set():
                 batch = consumer.poll(timeout_ms=self.poll_ms, max_records=self.max_records)
@@ -160,11 +139,12 @@ def _log_commit_failure(offsets: Any, response: Any) -> None:
 
 
 class _Seeker(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Seeks newly assigned partitions to the projection's checkpoints."""
+    """Seeks newly assigned partitions to the projection's checkpoints (of ``consumer``,
+    set once it exists: assignments come only from its polls)."""
 
-    def __init__(self, projector: Projector, consumer: Any) -> None:
+    def __init__(self, projector: Projector) -> None:
         self.projector = projector
-        self.consumer = consumer
+        self.consumer: Any = None
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         pass  # every applied batch is already committed, in the database and in Kafka

@@ -539,6 +539,61 @@ class KafkaLog(EventLog):
             "cannot connect a reader",
         )
 
+    def group_consumer(
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        listener: Any = None,
+        **overrides: Any,
+    ) -> Any:
+        """A consumer of group ``group_id`` for ``topics`` with the settings this log's groups
+        share (``overrides``: KafkaConsumer options on top); ``LogUnavailable`` when a topic
+        does not exist. Offsets are committed by hand and a partition the group never
+        committed starts at its beginning.
+
+        With ``listener`` it is subscribed to ``topics`` and its metadata refreshed, so
+        it joins on its first poll knowing the topics' partitions (a group leader that
+        assigns before its metadata names them assigns nothing, and the group rebalances
+        again at once). Without, it is not subscribed: it can commit offsets outside the
+        group's generations, as a new group's start offsets are committed before any
+        member joins."""
+        from kafka import KafkaConsumer
+
+        settings: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "group_id": group_id,
+            "client_id": f"{group_id}-member",
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "fetch_max_wait_ms": 50,
+            # short enough that a stopped member's partitions move on soon
+            "session_timeout_ms": 10_000,
+            "request_timeout_ms": int(self.timeout_s * 1000) + 1000,
+        } | overrides
+        settings.setdefault("heartbeat_interval_ms", min(1000, settings["session_timeout_ms"] // 3))
+        consumer = self._call(
+            lambda: KafkaConsumer(**settings), f"cannot join consumer group {group_id!r}"
+        )
+        try:
+            for topic in topics:
+                if not self._call(
+                    lambda topic=topic: consumer.partitions_for_topic(topic), "cannot read topics"
+                ):
+                    raise LogUnavailable(
+                        f"topic {topic!r} does not exist on {self.bootstrap}: open the registry "
+                        "once (it creates the topics) before starting its consumers"
+                    )
+            if listener is not None:
+                self._call(
+                    lambda: consumer.subscribe(list(topics), listener=listener), "cannot subscribe"
+                )
+                self._call(consumer.topics, "cannot read topics")
+        except BaseException:
+            consumer.close(autocommit=False)
+            raise
+        return consumer
+
     def _call(self, action: Any, what: str) -> Any:
         """Runs a client call; the broker's failures become ``LogUnavailable``."""
         import kafka.errors as kerrors
