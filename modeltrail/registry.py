@@ -607,7 +607,7 @@ class Registry:
                 "replica or backup"
             )
         elif self._until is None:
-            report.problems.extend(self._projection_drift(engine, events))
+            report.problems.extend(engine.drift(self._read.query, events))
         return report
 
     def export(self) -> list[str]:
@@ -736,9 +736,6 @@ class Registry:
             if progress:
                 progress(size)
         return entries
-
-    def _projection_drift(self, engine: RegistryEngine, events: list[Event]) -> list[str]:
-        return engine.drift(self._read.query, events)
 
 
 def collect_files(files: Files) -> dict[str, str | os.PathLike[str] | bytes]:

@@ -85,7 +85,6 @@ def retention(
                 cmd.purge_blobs(b, version, digests, reason)
                 purged.append(str(target))
 
-    purged.clear()
     registry._write(decide)
     grace = BLOB_GRACE_S if blob_grace_s is None else blob_grace_s
     return RetentionResult(purged, collect_blobs(registry, grace_s=grace), skipped)

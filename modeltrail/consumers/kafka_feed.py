@@ -28,7 +28,7 @@ Members. Several processes of one group share the partitions. When partitions mo
 member joins or leaves), the events of those partitions that a member handed out but
 did not commit are handed out again by their new owner, and a commit covers only the
 partitions the member still holds. A member that does not poll for
-``max_poll_interval_ms`` (a handler that runs longer) is put out of the group: its next
+``MAX_POLL_INTERVAL_MS`` (a handler that runs longer) is put out of the group: its next
 commit raises ``ConcurrencyConflict``, and the events come again. Kafka forgets the
 offsets of a group that has had no member for the broker's ``offsets.retention.minutes``
 (7 days by default); such a group starts again at ``start``.
@@ -75,6 +75,11 @@ JOIN_POLL_MS = 50
 kafka-python joins a group only inside poll calls, and never inside very short ones."""
 IDLE_POLL_MS = 100
 """The longest consumer poll: how soon a ``close`` from another thread takes effect."""
+VERDICT_POLL_MS = 5
+"""The consumer poll while records await the projection's verdict: how often it is checked."""
+MAX_POLL_INTERVAL_MS = 900_000
+"""How long a member may go without polling (a handler running) before the group puts it
+out: 15 minutes."""
 _METADATA = re.compile(r"index (\d+)")
 
 
@@ -137,9 +142,6 @@ class KafkaFeed:
         where: LogFilter,
         *,
         start: KafkaStart = "earliest",
-        poll_s: float = 0.005,
-        session_timeout_ms: int = 10_000,
-        max_poll_interval_ms: int = 900_000,
     ) -> None:
         if not (start in ("earliest", "latest") or (isinstance(start, int) and start >= 0)):
             raise InvalidInput(
@@ -150,8 +152,6 @@ class KafkaFeed:
         self.kafka = engine.kafka
         self.group_id = group_id
         self.where = where
-        self.poll_s = poll_s
-        self.max_poll_interval_ms = max_poll_interval_ms
         self.topics = [self.kafka.topics[kind] for kind in topic_kinds(where.types)]
         self._timeout_ms = int(self.kafka.timeout_s * 1000)
         # The consumer is used by one thread at a time: the subscription's, or a closer.
@@ -177,8 +177,7 @@ class KafkaFeed:
         """Event counts of released records not yet committed past."""
         settings = {
             "client_id": f"{group_id}-member",
-            "session_timeout_ms": session_timeout_ms,
-            "max_poll_interval_ms": max_poll_interval_ms,
+            "max_poll_interval_ms": MAX_POLL_INTERVAL_MS,
         }
         # The start is committed outside the group's generations, by a consumer that does
         # not subscribe; the member subscribes once it is stored.
@@ -221,7 +220,7 @@ class KafkaFeed:
                     if polled and deadline is not None and now >= deadline:
                         break
                     waiting = any(q for name, q in self._held.items() if name in self._owned)
-                    wait_ms = self.poll_s * 1000 if waiting else IDLE_POLL_MS
+                    wait_ms: float = VERDICT_POLL_MS if waiting else IDLE_POLL_MS
                     if deadline is not None:
                         wait_ms = min(wait_ms, (deadline - now) * 1000)
                     if not self._stable():
@@ -275,7 +274,7 @@ class KafkaFeed:
                 raise ConcurrencyConflict(
                     f"consumer group {self.group_id!r} refused the commit of {where}: its "
                     "partitions were being reassigned (a member joined or left, or this one "
-                    f"did not poll for {self.max_poll_interval_ms / 1000:g}s); the events "
+                    f"did not poll for {MAX_POLL_INTERVAL_MS / 1000:g}s); the events "
                     "handed out since the last commit will be handed out again"
                 ) from exc
             self._committed.update(moved)

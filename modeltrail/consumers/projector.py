@@ -17,13 +17,12 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from kafka import ConsumerRebalanceListener
 
 from modeltrail.consumers.signals import on_signals
-from modeltrail.core.events.kafka_log import Record, offset_of
+from modeltrail.core.events.kafka_log import offset_of
 from modeltrail.core.kafka_engine import KafkaEngine
 from modeltrail.errors import LogUnavailable
 
@@ -43,15 +42,12 @@ class Projector:
         max_records: int = 2000,
         poll_ms: int = 100,
         session_timeout_ms: int = 10_000,
-        on_batch: Callable[[list[Record]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.group = group
         self.max_records = max_records
         self.poll_ms = poll_ms
         self.session_timeout_ms = session_timeout_ms
-        self.on_batch = on_batch
-        """Called after each committed batch (progress reports, tests)."""
         self.applied = 0
         """Records applied by this worker so far."""
         self._stop = threading.Event()
@@ -106,8 +102,6 @@ class Projector:
                     consumer.seek(kafka.topic_partition(partition), offset)
                 self.applied += len(records)
                 self._commit(consumer)
-                if self.on_batch is not None:
-                    self.on_batch(records)
         finally:
             with contextlib.suppress(Exception):  # leaving anyway: the database counts
                 consumer.commit()

@@ -226,16 +226,6 @@ class SqlCursors:
                 (group, position, self.clock(), actor),
             )
 
-    def groups(self) -> list[tuple[str, int, int, str]]:
-        """(group, position, committed_at, committed_by) of every group."""
-        return [
-            (str(r[0]), int(r[1]), int(r[2]), str(r[3]))
-            for r in self.database.reader().rows(
-                f"SELECT group_name, position, committed_at, committed_by FROM {CURSORS_TABLE} "
-                "ORDER BY group_name"
-            )
-        ]
-
 
 def define_cursors_table(metadata: sa.MetaData) -> sa.Table:
     import sqlalchemy as sa
