@@ -128,7 +128,7 @@ class ExecConsumer:
         self._stops += 1
         self._stop.set()
         child = self._child
-        if self._stops == 1:
+        if self._stops == 1 and self.command is not None:
             self.log("stopping: a running command may finish (a second signal terminates it)")
         if self._stops > 1 and child is not None and child.poll() is None:
             with contextlib.suppress(ProcessLookupError):
