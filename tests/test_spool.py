@@ -30,6 +30,7 @@ from modeltrail.producers.spool import (
     spool_of,
 )
 from tests.conftest import ManualClock
+from tests.helpers import Team
 from tests.services import require_package
 
 
@@ -542,3 +543,49 @@ def test_a_spool_that_needs_a_person_warns_and_training_goes_on(trainer: mt.Regi
         assert submit_batch(trainer, run, [2]) is False
     assert spool.status().pending == 2 and spool.status().in_flight == 1
     assert recorded_ids(trainer) == []
+
+
+@pytest.mark.services
+def test_a_spool_flushes_over_kafka_once_a_slow_projector_catches_up(
+    team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    team.start_projector()
+    reg = team.open("alice")
+    reg.run("m", "r")
+    reg.run("m", "other")
+    spool = spool_of(reg.settings)
+    outbox = outbox_for(reg)
+
+    def inference(run: str, ids: list[int]) -> Entry:
+        return outbox.entry("inference", "team", {"model": "m", "run": run, "batch": batch(ids)})
+
+    def metrics(step: int) -> Entry:
+        args = {"model": "m", "run": "r", "metrics": {"loss": 1.0}, "step": step}
+        return outbox.entry("metrics", "team", args)
+
+    spool.append(
+        [inference("r", [0]), inference("r", [1]), metrics(0), metrics(1), inference("other", [7])]
+    )
+    team.stop_projector()
+    engine = reg._require_engine()
+    engine.wait_s = 0.5  # type: ignore[attr-defined]
+    with pytest.raises(ProjectionTimeout):
+        spool.flush(reg)
+    status = spool.status()
+    assert (status.in_flight, status.rejected) == (2, 0)  # the batches of run r
+    team.start_projector()
+    engine.wait_s = 30  # type: ignore[attr-defined]
+    append = engine.append
+    appends: list[int] = []
+
+    def counted(events: Any) -> Any:
+        appends.append(len(events))
+        return append(events)
+
+    monkeypatch.setattr(engine, "append", counted)
+    assert spool.flush(reg) == FlushReport(5, 0)
+    assert appends == [2, 2, 1]  # the re-sent chunk, then one chunk per partition
+    assert recorded_ids(reg) == [[0], [1]]
+    assert recorded_ids(reg, "inference:team/m/other") == [[7]]
+    assert [s for _, s, _, _ in reg.metrics("m", "r")] == [0, 1]
+    assert not spool.has_pending() and reg.verify().ok

@@ -328,6 +328,11 @@ class Spool:
         (keeping what is left) when the log cannot be reached, and ``ProjectionTimeout``
         when a Kafka projector did not decide a chunk in time (the chunk is in the log:
         the next flush re-sends its events, which the projector recognises)."""
+        from modeltrail.core.engine import Engine
+
+        # The embedded log appends any batch in one transaction; Kafka appends a batch to
+        # one partition, so there a chunk stops where its entries' partition changes.
+        one_partition = not isinstance(registry._require_engine(), Engine)
         flushed = rejected = 0
         with self.locked():
             cursor = self._read_cursor()
@@ -348,6 +353,10 @@ class Spool:
                     continue
                 if blocked:
                     entries, ends = entries[: blocked[0]], ends[: blocked[0]]
+                if one_partition:
+                    first = _partition(entries[0])
+                    same = next((i for i, e in enumerate(entries) if _partition(e) != first), None)
+                    entries, ends = entries[:same], ends[:same]
                 try:
                     self._commit(registry, cursor, entries, ends[-1])
                     flushed += len(entries)
@@ -491,6 +500,14 @@ class Spool:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.cursor_path)
+
+
+def _partition(entry: Entry) -> tuple[str, str]:
+    """Where an entry's events go on Kafka: an inference batch to its run's inference
+    stream, every other command to its namespace."""
+    if entry.kind == "inference":
+        return ("inference", f"{entry.namespace}/{entry.args['model']}/{entry.args['run']}")
+    return ("registry", entry.namespace)
 
 
 def _event_json(event: Event) -> dict[str, Any]:
