@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
-import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -28,70 +22,9 @@ from modeltrail.consumers.webhooks import (
 )
 from modeltrail.core.events.kafka_log import position_of
 from modeltrail.errors import InvalidInput, InvalidName, NotFound, ProjectionTimeout
+from tests.helpers import Endpoint, verify
 
 FAST = Backoff(base_s=0.01, factor=2.0, max_s=0.05, jitter=0.0)
-
-
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Endpoint:
-    url: str
-    received: list[Received] = field(default_factory=list)
-    statuses: list[int] = field(default_factory=list)
-    """Statuses to answer, in order; 200 once they run out."""
-
-    @property
-    def ids(self) -> list[str]:
-        return [r.headers["webhook-id"] for r in self.received]
-
-
-@pytest.fixture
-def endpoint() -> Iterator[Endpoint]:
-    state = Endpoint("")
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["content-length"]))
-            with lock:
-                state.received.append(
-                    Received({k.lower(): v for k, v in self.headers.items()}, body)
-                )
-                status = state.statuses.pop(0) if state.statuses else 200
-            self.send_response(status)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-
-
-def verify(secret: str, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
-    """The Standard Webhooks check, written from the specification alone."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    offered = [s.split(",", 1)[1] for s in headers["webhook-signature"].split() if s[:3] == "v1,"]
-    if not any(hmac.compare_digest(expected, s) for s in offered):
-        raise AssertionError("no signature matches")
-    document: dict[str, Any] = json.loads(body)
-    return document
 
 
 def _sender(reg: mt.Registry, **options: Any) -> WebhookSender:
