@@ -17,10 +17,12 @@ _VERSION_LABEL = re.compile(r"v(0|[1-9][0-9]{0,8})")
 LATEST = "latest"
 
 
-def check_name(value: object, what: str = "name") -> str:
-    """Returns ``value`` when it is a valid name, else raises InvalidName naming the rule."""
+def check_name(value: object, what: str = "name", *, within: str = "") -> str:
+    """Returns ``value`` when it is a valid name, else raises InvalidName naming the rule
+    (and ``within``, the reference the name came from, when there is one)."""
     if not isinstance(value, str) or _NAME.fullmatch(value) is None:
-        raise InvalidName(f"{what} {value!r} is invalid: names match {NAME_PATTERN}")
+        where = f" in reference {within!r}" if within else ""
+        raise InvalidName(f"{what} {value!r}{where} is invalid: names match {NAME_PATTERN}")
     return value
 
 
@@ -74,10 +76,10 @@ class Ref:
                 f"reference {text!r} is invalid: references look like [namespace/]name[:selector]"
             )
         if selector:
-            check_name(selector, f"selector in reference {text!r}")
+            check_name(selector, "selector", within=text)
         return cls(
-            check_name(namespace, f"namespace in reference {text!r}") if slash else None,
-            check_name(name, f"name in reference {text!r}"),
+            check_name(namespace, "namespace", within=text) if slash else None,
+            check_name(name, "name", within=text),
             selector or LATEST,
         )
 
